@@ -1,0 +1,186 @@
+"""The ``polymodal`` command line. It parses arguments and calls the library; nothing else.
+
+Commands: ``tokenize`` (show how files become tokens), ``vocab`` (inspect a vocabulary),
+``tokenizer train text`` (train a BPE text tokenizer), ``sample`` (write the sample document).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from polymodal import __version__
+from polymodal.errors import PolymodalError
+
+app = typer.Typer(
+    help="Build, train, evaluate and serve native multimodal transformers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+vocab_app = typer.Typer(help="Inspect a unified vocabulary (vocab.json and its tokenizers).", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train modality tokenizers.", no_args_is_help=True)
+app.add_typer(vocab_app, name="vocab")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+VocabOption = Annotated[
+    Optional[Path],
+    typer.Option("--vocab", "-v", help="A folder with vocab.json and tokenizers/ (default: the built-in vocabulary)."),
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _load_tokenizer(vocab_dir: Path | None):
+    from polymodal.tokenizers.document import DocumentTokenizer
+    from polymodal.tokenizers.presets import default_vocabulary_dir
+
+    return DocumentTokenizer.load(vocab_dir or default_vocabulary_dir())
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"polymodal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """polymodal: one transformer over text, image, audio and video tokens."""
+
+
+@app.command()
+def tokenize(
+    files: Annotated[Optional[list[Path]], typer.Argument(help="Documents (.json) or media/text files.")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Tokenize the built-in sample document.")] = False,
+    vocab: VocabOption = None,
+    first: Annotated[int, typer.Option(help="How many ids to show per part.", min=0)] = 8,
+    fps: Annotated[float, typer.Option(help="Frames per second sampled from videos.", min=0.01)] = 1.0,
+    max_frames: Annotated[Optional[int], typer.Option(help="Refuse videos that would give more frames.", min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+) -> None:
+    """Show how documents become tokens: each part's modality, token count and first ids."""
+    from polymodal.content import Document, load_part
+    from polymodal.data.sample import sample_document
+    from polymodal.tokenizers.report import tokenize_report
+
+    if not files and not sample:
+        _fail("give one or more FILES, or --sample")
+    try:
+        tokenizer = _load_tokenizer(vocab)
+        documents: list[tuple[str, Document]] = [("sample", sample_document())] if sample else []
+        for path in files or []:
+            if path.suffix.lower() == ".json":
+                documents.append((str(path), Document.load(path)))
+            else:
+                documents.append((str(path), Document.of(load_part(path, fps=fps, max_frames=max_frames))))
+        reports = [tokenize_report(tokenizer, name, doc, first=first) for name, doc in documents]
+    except (PolymodalError, FileNotFoundError, IsADirectoryError) as exc:
+        _fail(str(exc))
+    for report in reports:
+        typer.echo(json.dumps(report.to_dict()) if as_json else report.format())
+
+
+@vocab_app.command("show")
+def vocab_show(vocab: VocabOption = None) -> None:
+    """Print the vocabulary's size, id ranges, special tokens and tokenizers."""
+    try:
+        tokenizer = _load_tokenizer(vocab)
+    except PolymodalError as exc:
+        _fail(str(exc))
+    v = tokenizer.vocab
+    typer.echo(f"size {v.size}, time units per second {v.time_units_per_second:g}")
+    typer.echo(f"  {'special':<8} [0, {len(v.specials)})")
+    for r in v.ranges:
+        typer.echo(f"  {r.name:<8} [{r.start}, {r.stop})  {r.size} ids")
+    typer.echo("specials: " + " ".join(v.specials))
+
+
+@vocab_app.command("describe")
+def vocab_describe(
+    ids: Annotated[list[int], typer.Argument(help="Global token ids.")],
+    vocab: VocabOption = None,
+) -> None:
+    """Say what each id is: a special token, or modality:local id (and its text for text ids)."""
+    try:
+        tokenizer = _load_tokenizer(vocab)
+        v = tokenizer.vocab
+        for token_id in ids:
+            line = f"{token_id}\t{v.describe(token_id)}"
+            if v.has_modality("text") and token_id in v.range("text"):
+                text = tokenizer.tokenizer("text").decode_ids([token_id - v.range("text").start])
+                line += f"\t{text!r}"
+            typer.echo(line)
+    except PolymodalError as exc:
+        _fail(str(exc))
+
+
+@vocab_app.command("build")
+def vocab_build(
+    tokenizers: Annotated[list[Path], typer.Argument(help="Saved tokenizer folders, one per modality, in range order.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write vocab.json and tokenizers/ to.")],
+    grid: Annotated[list[str], typer.Option(help="Image grid sizes that get a grid token, as HxW.")] = ["4x4", "8x8", "16x16"],
+    time_units_per_second: Annotated[float, typer.Option(help="Temporal position units per second.", min=0.001)] = 25.0,
+) -> None:
+    """Lay out a unified vocabulary around trained tokenizers and save it with them."""
+    from polymodal.tokenizers import load_tokenizer
+    from polymodal.tokenizers.document import DocumentTokenizer
+
+    try:
+        grids = [tuple(int(n) for n in g.lower().split("x")) for g in grid]
+        if any(len(g) != 2 or min(g) < 1 for g in grids):
+            raise ValueError
+    except ValueError:
+        _fail(f"--grid takes sizes like 8x8, got {grid}")
+    try:
+        loaded = [load_tokenizer(d) for d in tokenizers]
+        doc_tokenizer = DocumentTokenizer.from_tokenizers(loaded, grids=grids, time_units_per_second=time_units_per_second)
+    except PolymodalError as exc:
+        _fail(str(exc))
+    doc_tokenizer.save(out)
+    typer.echo(f"{doc_tokenizer.vocab} -> {out}")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    modality: Annotated[str, typer.Argument(help="Which tokenizer to train: text.")],
+    files: Annotated[list[Path], typer.Argument(help="Training files (UTF-8 text for 'text').")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the tokenizer to.")],
+    vocab_size: Annotated[int, typer.Option(help="Number of text ids (256 bytes + merges).", min=257)] = 4096,
+    min_frequency: Annotated[int, typer.Option(help="Merge only pairs seen this often.", min=1)] = 2,
+) -> None:
+    """Train a tokenizer and save it (a tokenizer_config.json plus its model files)."""
+    if modality != "text":
+        _fail(f"cannot train a {modality!r} tokenizer yet; available: text")
+    from polymodal.tokenizers.text import TextTokenizer
+
+    try:
+        trained = TextTokenizer.train_from_files(files, vocab_size=vocab_size, min_frequency=min_frequency,
+                                                 show_progress=sys.stderr.isatty())
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    trained.save(out)
+    typer.echo(f"trained a text BPE with {trained.vocab_size} ids on {len(files)} files -> {out}")
+
+
+@app.command("sample")
+def sample_cmd(directory: Annotated[Path, typer.Argument(help="Folder to write the sample into.")]) -> None:
+    """Write the built-in sample document (sample.json, a PNG and a WAV) to a folder."""
+    from polymodal.data.sample import write_sample
+
+    typer.echo(str(write_sample(directory)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,313 @@
+"""Document ⇄ TokenSequence: the chat template, media delimiters, positions and truncation.
+
+The sequence layout of a document::
+
+    <|bos|> text… <|image|> <|grid:8x8|> code×64 <|/image|> text… <|audio|> code… <|/audio|> <|eos|>
+
+and of a chat (loss weight 1 only on what the assistant says, its ``<|end|>`` included)::
+
+    <|bos|> <|system|> … <|end|> <|user|> … <|end|> <|assistant|> … <|end|> <|eos|>
+
+Modality tokenizers are loaded lazily, the first time a part of their modality is seen: a
+text-only use never loads the image, audio or video tokenizers, nor needs their files.
+
+Truncation never splits a media span: ``"right"`` keeps the longest prefix that fits, dropping a
+media span the limit would cut; ``"left"`` keeps the longest suffix, likewise. ``"error"`` (the
+default when ``max_length`` is given) refuses a sequence that does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from polymodal import vocab as V
+from polymodal.content import Audio, Document, Image, Message, Part, Text, Video
+from polymodal.errors import ConfigError, PolymodalError, SequenceTooLongError, TokenizerNotAvailableError
+from polymodal.positions import next_index
+from polymodal.tokenizers import load_tokenizer
+from polymodal.tokenizers.base import Grid, ModalityTokenizer, Sequential, TokenSpan
+from polymodal.tokenizers.sequence import TokenSequence
+from polymodal.vocab import Vocabulary
+
+TOKENIZERS_DIRNAME = "tokenizers"
+Truncation = Literal["error", "right", "left"]
+
+_PART_MODALITY: dict[type, str] = {Text: "text", Image: "image", Audio: "audio", Video: "video"}
+
+
+def part_modality(part: Part) -> str:
+    try:
+        return _PART_MODALITY[type(part)]
+    except KeyError:
+        raise TypeError(f"not a content part: {type(part).__name__}") from None
+
+
+def _delimiters(modality: str) -> tuple[str, str]:
+    return f"<|{modality}|>", f"<|/{modality}|>"
+
+
+class _Builder:
+    """Accumulates tokens with their positions, weights and whether a cut may fall before each."""
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        self.chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, bool]] = []
+        self.index = 0  # the running position index
+
+    def add(self, ids: torch.Tensor, positions: torch.Tensor, weight: float, *, cuttable: bool) -> None:
+        self.chunks.append((ids, positions, weight, cuttable))
+        self.index = next_index(self.index, positions)
+
+    def special(self, token: str, weight: float, *, cuttable: bool = True) -> None:
+        ids = torch.tensor([self.vocab.special_id(token)])
+        self.add(ids, torch.full((1, 3), self.index, dtype=torch.long), weight, cuttable=cuttable)
+
+    def build(self) -> tuple[TokenSequence, torch.Tensor]:
+        if not self.chunks:
+            return TokenSequence.empty(), torch.ones(1, dtype=torch.bool)
+        ids = torch.cat([c[0] for c in self.chunks])
+        positions = torch.cat([c[1] for c in self.chunks])
+        weights = torch.cat([torch.full((len(c[0]),), c[2], dtype=torch.float32) for c in self.chunks])
+        # cut_ok[i]: the sequence may be cut just before token i (cut_ok[N] = whole sequence).
+        cut_ok = torch.cat([torch.full((len(c[0]),), c[3], dtype=torch.bool) for c in self.chunks] + [torch.ones(1, dtype=torch.bool)])
+        seq = TokenSequence(ids, self.vocab.modality_of(ids), positions, weights)
+        return seq, cut_ok
+
+
+class DocumentTokenizer:
+    """Turns :class:`~polymodal.content.Document` into a :class:`TokenSequence` and back.
+
+    ``tokenizers`` maps a modality name to a tokenizer, or to the folder it was saved in (loaded
+    on first use).
+    """
+
+    def __init__(self, vocab: Vocabulary, tokenizers: Mapping[str, ModalityTokenizer | str | os.PathLike]) -> None:
+        self.vocab = vocab
+        self._sources = dict(tokenizers)
+        self._loaded: dict[str, ModalityTokenizer] = {}
+        for modality, source in self._sources.items():
+            if not isinstance(source, (str, os.PathLike)):
+                self._adopt(modality, source)
+
+    @classmethod
+    def from_tokenizers(
+        cls,
+        tokenizers: Sequence[ModalityTokenizer],
+        *,
+        grids: Sequence[tuple[int, int]] = V.DEFAULT_GRIDS,
+        time_units_per_second: float = V.DEFAULT_TIME_UNITS_PER_SECOND,
+    ) -> DocumentTokenizer:
+        """Lay out a fresh vocabulary around these tokenizers (ranges in the order given)."""
+        modalities = [t.modality for t in tokenizers]
+        if len(set(modalities)) != len(modalities):
+            raise ConfigError(f"one tokenizer per modality, got {modalities}")
+        vocab = Vocabulary.build(
+            {t.modality: t.vocab_size for t in tokenizers}, grids=grids, time_units_per_second=time_units_per_second
+        )
+        return cls(vocab, {t.modality: t for t in tokenizers})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> DocumentTokenizer:
+        """Read ``vocab.json`` and point at ``tokenizers/<modality>/`` folders (not loaded yet)."""
+        directory = Path(directory)
+        vocab = Vocabulary.load(directory)
+        folders = {r.name: directory / TOKENIZERS_DIRNAME / r.name for r in vocab.ranges}
+        return cls(vocab, folders)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``vocab.json`` and every tokenizer; tokenizers never loaded are copied as files."""
+        directory = Path(directory)
+        self.vocab.save(directory)
+        for modality, source in self._sources.items():
+            target = directory / TOKENIZERS_DIRNAME / modality
+            if modality in self._loaded:
+                self._loaded[modality].save(target)
+            elif Path(source).resolve() != target.resolve():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+
+    # -- lazy tokenizers ------------------------------------------------------------------------
+
+    @property
+    def loaded_modalities(self) -> tuple[str, ...]:
+        """Modalities whose tokenizer has been loaded so far (a text-only use loads only text)."""
+        return tuple(self._loaded)
+
+    def tokenizer(self, modality: str) -> ModalityTokenizer:
+        """The tokenizer for ``modality``, loading it from its folder on first use."""
+        if modality in self._loaded:
+            return self._loaded[modality]
+        if not self.vocab.has_modality(modality) or modality not in self._sources:
+            have = [r.name for r in self.vocab.ranges]
+            raise TokenizerNotAvailableError(
+                f"this vocabulary has no {modality} tokenizer (it covers: {', '.join(have)}); "
+                f"a run that reads or writes {modality} needs one"
+            )
+        source = self._sources[modality]
+        if not Path(source).is_dir():
+            raise TokenizerNotAvailableError(f"the {modality} tokenizer folder {source} does not exist")
+        return self._adopt(modality, load_tokenizer(source))
+
+    def _adopt(self, modality: str, tokenizer: ModalityTokenizer) -> ModalityTokenizer:
+        if tokenizer.modality != modality:
+            raise ConfigError(f"a {tokenizer.modality} tokenizer was given for the {modality} range")
+        expected = self.vocab.range(modality).size
+        if tokenizer.vocab_size != expected:
+            raise ConfigError(
+                f"the {modality} tokenizer has {tokenizer.vocab_size} ids but the vocabulary's "
+                f"{modality} range holds {expected}: they were not saved together"
+            )
+        self._loaded[modality] = tokenizer
+        return tokenizer
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        document: Document,
+        *,
+        add_bos: bool = True,
+        add_eos: bool | None = None,
+        add_generation_prompt: bool = False,
+        max_length: int | None = None,
+        truncation: Truncation = "error",
+    ) -> TokenSequence:
+        """Tokenize a document (see the module docstring for the layout and truncation rule).
+
+        ``add_generation_prompt`` ends a chat with ``<|assistant|>`` for the model to answer;
+        ``add_eos`` defaults to True unless a generation prompt is added.
+        """
+        if add_eos is None:
+            add_eos = not add_generation_prompt
+        builder = _Builder(self.vocab)
+        if add_bos:
+            builder.special(V.BOS, 0.0)
+        weight = 1.0
+        for message in document.messages:
+            weight = self._encode_message(builder, message, document.is_chat)
+        if add_generation_prompt:
+            if not document.is_chat:
+                raise PolymodalError("add_generation_prompt needs a chat document (messages with roles)")
+            builder.special(V.ASSISTANT, 0.0)
+        if add_eos:
+            builder.special(V.EOS, weight if document.is_chat else 1.0)
+        seq, cut_ok = builder.build()
+        return self._fit(seq, cut_ok, max_length, truncation)
+
+    def _encode_message(self, builder: _Builder, message: Message, chat: bool) -> float:
+        weight = 1.0 if not chat or message.role == "assistant" else 0.0
+        if chat:
+            builder.special(V.ROLE_TOKENS[message.role], 0.0)
+        for part in message.parts:
+            self._encode_part(builder, part, weight)
+        if chat:
+            builder.special(V.END_OF_TURN, weight)
+        return weight
+
+    def _encode_part(self, builder: _Builder, part: Part, weight: float) -> None:
+        modality = part_modality(part)
+        span = self.tokenizer(modality).encode(part)
+        ids = self.vocab.to_global(span.modality, span.ids)
+        tau = self.vocab.time_units_per_second
+        if modality == "text":
+            builder.add(ids, span.layout.positions(builder.index, len(span), tau), weight, cuttable=True)
+            return
+        start, end = _delimiters(modality)
+        builder.special(start, weight)
+        if isinstance(span.layout, Grid):
+            builder.special(V.grid_token(span.layout.height, span.layout.width), weight, cuttable=False)
+        builder.add(ids, span.layout.positions(builder.index, len(span), tau), weight, cuttable=False)
+        builder.special(end, weight, cuttable=False)
+
+    @staticmethod
+    def _fit(seq: TokenSequence, cut_ok: torch.Tensor, max_length: int | None, truncation: Truncation) -> TokenSequence:
+        if max_length is None or len(seq) <= max_length:
+            return seq
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if truncation == "error":
+            raise SequenceTooLongError(
+                f"document is {len(seq)} tokens, over max_length={max_length}; "
+                "pass truncation='right' or 'left' to cut it (media spans are never split)"
+            )
+        if truncation == "right":
+            cut = int(torch.nonzero(cut_ok[: max_length + 1]).max())
+            return seq[:cut]
+        if truncation == "left":
+            first = len(seq) - max_length
+            cut = first + int(torch.nonzero(cut_ok[first:]).min())
+            return seq[cut:]
+        raise ValueError(f"truncation must be 'error', 'right' or 'left', got {truncation!r}")
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def decode(self, tokens: TokenSequence | torch.Tensor | Sequence[int]) -> Document:
+        """Turn ids back into a Document (adjacent text comes back as one Text part)."""
+        ids = tokens.ids if isinstance(tokens, TokenSequence) else torch.as_tensor(tokens, dtype=torch.long)
+        ids_list = ids.tolist()
+        modality = self.vocab.modality_of(ids).tolist()
+        text_index = self.vocab.modality_index("text") if self.vocab.has_modality("text") else -1
+        messages: list[tuple[str | None, list[Part]]] = [(None, [])]
+        text_run: list[int] = []
+        i = 0
+
+        def flush_text() -> None:
+            if text_run:
+                local = self.vocab.to_local("text", text_run)
+                messages[-1][1].append(self.tokenizer("text").decode(TokenSpan("text", local, Sequential())))
+                text_run.clear()
+
+        while i < len(ids_list):
+            token_id = ids_list[i]
+            if modality[i] == text_index:
+                text_run.append(token_id)
+                i += 1
+                continue
+            flush_text()
+            special = self.vocab.special_token(token_id)
+            if special is None:
+                raise PolymodalError(f"position {i}: {self.vocab.describe(token_id)} outside a media span")
+            if special in (V.BOS, V.EOS, V.PAD, V.END_OF_TURN):
+                i += 1
+            elif special in V.ROLE_TOKENS.values():
+                role = next(r for r, tok in V.ROLE_TOKENS.items() if tok == special)
+                messages.append((role, []))
+                i += 1
+            elif special.startswith("<|") and special[2:-2] in ("image", "audio", "video"):
+                part, i = self._decode_media(special[2:-2], ids_list, i)
+                messages[-1][1].append(part)
+            else:
+                raise PolymodalError(f"position {i}: unexpected {special} outside a media span")
+        flush_text()
+        return self._assemble(messages)
+
+    def _decode_media(self, modality: str, ids: list[int], i: int) -> tuple[Part, int]:
+        _, end_token = _delimiters(modality)
+        end_id = self.vocab.special_id(end_token)
+        try:
+            end = ids.index(end_id, i + 1)
+        except ValueError:
+            raise PolymodalError(f"position {i}: {modality} span is never closed with {end_token}") from None
+        body = ids[i + 1 : end]
+        tokenizer = self.tokenizer(modality)
+        grid = V.parse_grid_token(self.vocab.special_token(body[0]) or "") if body else None
+        if grid is not None:
+            body = body[1:]
+        # Only grids are written into the sequence; a stream's rate is its tokenizer's own setting.
+        layout = Grid(*grid) if grid is not None else Sequential()
+        span = TokenSpan(modality, self.vocab.to_local(modality, body), layout)
+        return tokenizer.decode(span), end + 1
+
+    @staticmethod
+    def _assemble(messages: list[tuple[str | None, list[Part]]]) -> Document:
+        leading_role, leading_parts = messages[0]
+        if len(messages) == 1:
+            return Document.of(*leading_parts)
+        if leading_parts:
+            raise PolymodalError("ids hold content before the first chat role token")
+        return Document([Message(role, tuple(parts)) for role, parts in messages[1:]])

@@ -1,0 +1,169 @@
+import numpy as np
+import pytest
+import toys
+import torch
+from PIL import Image as PILImage
+
+from polymodal import vocab as V
+from polymodal.content import Audio, Document, Image, Text, Video, VideoFrame
+from polymodal.errors import ConfigError, PolymodalError, SequenceTooLongError, TokenizerNotAvailableError
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.sequence import pad_batch
+from polymodal.tokenizers.text import TextTokenizer
+
+CORPUS = ["a red circle above a blue square and a loud beep " * 20, "what is in the picture? it is a circle. " * 20]
+
+
+@pytest.fixture(scope="module")
+def text_tokenizer() -> TextTokenizer:
+    return TextTokenizer.train(CORPUS, vocab_size=320)
+
+
+@pytest.fixture
+def codec(text_tokenizer) -> DocumentTokenizer:
+    return DocumentTokenizer.from_tokenizers([text_tokenizer, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()], grids=[(2, 2)])
+
+
+def red_image() -> Image:
+    return Image(PILImage.new("RGB", (16, 16), (255, 0, 0)))
+
+
+def beep(seconds: float = 0.2) -> Audio:
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    return Audio((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16_000)
+
+
+def token_names(codec, seq) -> list[str]:
+    return [codec.vocab.describe(i) for i in seq.ids.tolist()]
+
+
+def test_plain_document_layout_positions_and_weights(codec, text_tokenizer):
+    doc = Document.of("a red", red_image(), "beep", beep())
+    seq = codec.encode(doc)
+    names = token_names(codec, seq)
+    n_a = len(text_tokenizer.encode_ids("a red"))
+    n_b = len(text_tokenizer.encode_ids("beep"))
+    n_audio = 5  # 0.2 s at 25 tokens/s
+    assert names[0] == V.BOS and names[-1] == V.EOS
+    i_img = 1 + n_a
+    assert names[i_img : i_img + 2] == [V.IMAGE_START, "<|grid:2x2|>"]
+    assert all(n.startswith("image:") for n in names[i_img + 2 : i_img + 6])
+    assert names[i_img + 6] == V.IMAGE_END
+    i_aud = i_img + 7 + n_b
+    assert names[i_aud] == V.AUDIO_START and names[i_aud + n_audio + 1] == V.AUDIO_END
+    assert len(seq) == 1 + n_a + 7 + n_b + n_audio + 2 + 1
+    # modality tensor is the vocabulary's range lookup
+    assert torch.equal(seq.modality, codec.vocab.modality_of(seq.ids))
+    # positions: the image grid starts at p = 1 + n_a + 2 and the index then moves on by max(H, W)
+    p = 1 + n_a + 2
+    assert seq.positions[i_img + 2 : i_img + 6].tolist() == [[p, p, p], [p, p, p + 1], [p, p + 1, p], [p, p + 1, p + 1]]
+    assert seq.positions[i_img + 6].tolist() == [p + 2] * 3
+    # audio: 25 tok/s at 25 units/s -> consecutive t
+    q = seq.positions[i_aud, 0].item() + 1
+    assert seq.positions[i_aud + 1 : i_aud + 1 + n_audio, 0].tolist() == list(range(q, q + n_audio))
+    # a plain document trains on everything but <|bos|>
+    assert seq.loss_weight[0] == 0 and seq.loss_weight[1:].eq(1).all()
+
+
+def test_chat_template_weights_only_assistant(codec):
+    doc = Document.chat(("system", "be brief"), ("user", ["what is in the picture?", red_image()]), ("assistant", "a circle."))
+    seq = codec.encode(doc)
+    names = token_names(codec, seq)
+    start = names.index(V.ASSISTANT)
+    ends = [i for i, n in enumerate(names) if n == V.END_OF_TURN]
+    assert len(ends) == 3 and names[-1] == V.EOS
+    weighted = seq.loss_weight.nonzero().flatten().tolist()
+    # the assistant's text and its <|end|> (and the closing <|eos|>) carry the loss, nothing else
+    assert weighted == list(range(start + 1, len(seq)))
+    assert names.index(V.SYSTEM) == 1 and V.USER in names
+
+
+def test_generation_prompt(codec):
+    doc = Document.chat(("user", "what is in the picture?"))
+    seq = codec.encode(doc, add_generation_prompt=True)
+    assert codec.vocab.describe(seq.ids[-1].item()) == V.ASSISTANT
+    assert seq.loss_weight.sum() == 0
+    with pytest.raises(PolymodalError, match="chat document"):
+        codec.encode(Document.of("x"), add_generation_prompt=True)
+
+
+def test_round_trip_back_to_a_document(codec):
+    doc = Document.chat(("user", ["look: ", red_image(), " and listen ", beep(0.4)]), ("assistant", "a red circle."))
+    back = codec.decode(codec.encode(doc))
+    assert back.is_chat and [m.role for m in back.messages] == ["user", "assistant"]
+    parts = back.messages[0].parts
+    assert parts[0] == Text("look: ") and parts[2] == Text(" and listen ")
+    assert isinstance(parts[1], Image) and parts[1].size == (2, 2)
+    assert tuple(parts[1].to_array()[0, 0]) == (224, 32, 32)  # red survives the toy code
+    assert isinstance(parts[3], Audio) and parts[3].duration == pytest.approx(0.4)
+    assert back.messages[1].parts == (Text("a red circle."),)
+    plain = codec.decode(codec.encode(Document.of("just text")))
+    assert not plain.is_chat and plain.parts == (Text("just text"),)
+
+
+def test_decode_rejects_broken_structure(codec):
+    img_start = codec.vocab.special_id(V.IMAGE_START)
+    with pytest.raises(PolymodalError, match="never closed"):
+        codec.decode([img_start, codec.vocab.grid_id(2, 2), codec.vocab.range("image").start])
+    with pytest.raises(PolymodalError, match="outside a media span"):
+        codec.decode([codec.vocab.range("image").start])
+
+
+def test_truncation_never_splits_media(codec):
+    doc = Document.of("a red circle", red_image(), "beep")
+    full = codec.encode(doc)
+    names = token_names(codec, full)
+    i_img, i_end = names.index(V.IMAGE_START), names.index(V.IMAGE_END)
+    with pytest.raises(SequenceTooLongError, match=f"{len(full)} tokens"):
+        codec.encode(doc, max_length=len(full) - 1)
+    # a right cut inside the image drops the whole image span
+    right = codec.encode(doc, max_length=i_img + 3, truncation="right")
+    assert len(right) == i_img and torch.equal(right.ids, full.ids[:i_img])
+    # a right cut just after the image keeps it whole
+    assert len(codec.encode(doc, max_length=i_end + 1, truncation="right")) == i_end + 1
+    # a left cut inside the image starts after it
+    left = codec.encode(doc, max_length=len(full) - i_img - 2, truncation="left")
+    assert torch.equal(left.ids, full.ids[i_end + 1 :])
+    assert len(codec.encode(doc, max_length=len(full), truncation="right")) == len(full)
+
+
+def test_lazy_loading_text_only_never_loads_media(tmp_path, codec):
+    codec.save(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "tokenizers").iterdir()) == ["audio", "image", "text"]
+    toys.LOADS.clear()
+    # a text-only user: the media tokenizer folders may even be gone
+    (tmp_path / "tokenizers" / "image" / "tokenizer_config.json").unlink()
+    reloaded = DocumentTokenizer.load(tmp_path)
+    seq = reloaded.encode(Document.of("a red circle"))
+    assert reloaded.loaded_modalities == ("text",) and toys.LOADS == []
+    assert torch.equal(seq.ids, codec.encode(Document.of("a red circle")).ids)
+    # audio loads when first needed; the image folder was broken, which is a clear error
+    reloaded.encode(Document.of(beep()))
+    assert toys.LOADS == ["toy-audio"] and "audio" in reloaded.loaded_modalities
+    with pytest.raises(ConfigError, match="not a saved tokenizer"):
+        reloaded.encode(Document.of(red_image()))
+
+
+def test_missing_modality_is_a_clear_error(text_tokenizer):
+    text_only = DocumentTokenizer.from_tokenizers([text_tokenizer])
+    with pytest.raises(TokenizerNotAvailableError, match="no image tokenizer .*covers: text"):
+        text_only.encode(Document.of("x", red_image()))
+    video = Video(frames=(VideoFrame(0.0, red_image()),), audio=None, duration=1.0)
+    with pytest.raises(TokenizerNotAvailableError, match="no video tokenizer"):
+        text_only.encode(Document.of(video))
+
+
+def test_mismatched_tokenizer_and_vocab(tmp_path, text_tokenizer):
+    codec = DocumentTokenizer.from_tokenizers([text_tokenizer])
+    codec.save(tmp_path)
+    TextTokenizer.train(CORPUS, vocab_size=300).save(tmp_path / "tokenizers" / "text")
+    with pytest.raises(ConfigError, match="not saved together"):
+        DocumentTokenizer.load(tmp_path).encode(Document.of("x"))
+
+
+def test_batched_sequences_pad_without_moving_positions(codec):
+    a = codec.encode(Document.of("a red circle", red_image()))
+    b = codec.encode(Document.of("beep"))
+    batch = pad_batch([a, b], codec.vocab.pad_id, side="left")
+    assert torch.equal(batch.positions[1, -len(b) :], b.positions)
+    assert batch.ids[1, : len(a) - len(b)].eq(codec.vocab.pad_id).all()
