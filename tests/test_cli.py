@@ -1,0 +1,88 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from polymodal.cli import app
+from polymodal.content import Document
+from polymodal.data.sample import sample_document, write_sample
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.presets import default_vocabulary_dir, list_vocabularies
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_console_script_help():
+    exe = shutil.which("polymodal")
+    cmd = [exe, "--help"] if exe else [sys.executable, "-m", "polymodal.cli", "--help"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    for command in ("tokenize", "vocab", "tokenizer", "sample"):
+        assert command in out
+
+
+def test_tokenize_sample_reports_every_part():
+    result = run("tokenize", "--sample", "--json", "--first", "4")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [p["modality"] for p in report["parts"]] == ["text", "image", "text", "audio"]
+    codec = DocumentTokenizer.load(default_vocabulary_dir())
+    first_text = sample_document().parts[0]
+    expected = codec.encode(Document.of(first_text), add_bos=False, add_eos=False)
+    assert report["parts"][0]["num_tokens"] == len(expected)
+    assert report["parts"][0]["first_ids"] == expected.ids[:4].tolist()
+    assert report["parts"][1]["details"] == "64x64 px"
+    assert "no image tokenizer" in report["parts"][1]["problem"]
+    assert report["parts"][3]["details"].startswith("0.50 s @ 16000 Hz")
+
+
+def test_sample_written_to_disk_reads_back(tmp_path):
+    path = write_sample(tmp_path / "s")
+    doc = Document.load(path)
+    original = sample_document()
+    assert [type(p) for p in doc.parts] == [type(p) for p in original.parts]
+    assert doc.parts[0] == original.parts[0]
+    assert (doc.parts[1].to_array() == original.parts[1].to_array()).all()
+    assert doc.parts[3].duration == pytest.approx(original.parts[3].duration)
+    table = run("tokenize", str(path))
+    assert table.exit_code == 0 and "image" in table.output and "64x64 px" in table.output
+
+
+def test_tokenize_text_file_and_errors(tmp_path):
+    note = tmp_path / "note.txt"
+    note.write_text("hello polymodal", encoding="utf-8")
+    result = run("tokenize", str(note), "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["total_tokens"] == json.loads(result.output)["parts"][0]["num_tokens"] + 2
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    result = runner.invoke(app, ["tokenize", str(bad)])
+    assert result.exit_code == 2 and "broken.png" in result.output
+    assert runner.invoke(app, ["tokenize"]).exit_code == 2
+
+
+def test_train_build_and_use_a_vocabulary(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    assert run("tokenizer", "train", "text", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "tok")).exit_code == 0
+    result = run("vocab", "build", str(tmp_path / "tok"), "--out", str(tmp_path / "vocab"), "--grid", "8x8")
+    assert result.exit_code == 0, result.output
+    shown = run("vocab", "show", "--vocab", str(tmp_path / "vocab")).output
+    assert "<|grid:8x8|>" in shown and "text" in shown and "<|grid:16x16|>" not in shown
+    described = run("vocab", "describe", "0", "20", "--vocab", str(tmp_path / "vocab")).output.splitlines()
+    assert described[0].split("\t")[1] == "<|bos|>" and described[1].split("\t")[1].startswith("text:")
+    assert runner.invoke(app, ["vocab", "build", str(tmp_path / "tok"), "--out", str(tmp_path / "v2"), "--grid", "8by8"]).exit_code == 2
+    assert runner.invoke(app, ["tokenizer", "train", "sound", str(corpus), "--out", str(tmp_path / "x")]).exit_code == 2
+
+
+def test_shipped_vocabularies():
+    assert list_vocabularies() == ["default"]
+    codec = DocumentTokenizer.load(default_vocabulary_dir())
+    assert codec.vocab.range("text").size == codec.tokenizer("text").vocab_size
+    assert codec.decode(codec.encode(Document.of("Any text, 任何文字 🙂"))).parts[0].text == "Any text, 任何文字 🙂"
