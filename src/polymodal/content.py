@@ -96,9 +96,7 @@ _FORMAT_NAMES = {
     "aiff": "AIFF audio", "m4a": "M4A audio", "mp4": "MP4 video", "webm": "WebM/Matroska video",
     "avi": "AVI video", "pdf": "PDF document",
 }  # fmt: skip
-_SUPPORTED_TEXT = (
-    "text (.txt, .md), images (PNG, JPEG, WebP), audio (WAV, FLAC, Ogg) and video (MP4, WebM)"
-)
+_SUPPORTED_TEXT = "text (.txt, .md), images (PNG, JPEG, WebP), audio (WAV, FLAC, Ogg) and video (MP4, WebM)"
 # What a file name claims, used only to tell "corrupt X" from "unrecognised" when content fails.
 _EXTENSIONS = {
     ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".wav": "wav",
@@ -181,8 +179,7 @@ def _reject_other_formats(head: bytes, kind: str, source: str) -> str | None:
     found = _sniff(head)
     if found is not None and found not in _READABLE[kind]:
         raise UnsupportedMediaError(
-            f"{_FORMAT_NAMES[found]} is not a supported {kind} format "
-            f"(supported {kind} formats: {_formats_of(kind)})",
+            f"{_FORMAT_NAMES[found]} is not a supported {kind} format (supported {kind} formats: {_formats_of(kind)})",
             source=source,
         )
     return found
@@ -193,9 +190,7 @@ def _unreadable(head: bytes, kind: str, source: str, exc: BaseException) -> Medi
     read (by magic bytes, else by file name), unsupported otherwise."""
     found = _sniff(head)
     if found in _READABLE[kind]:
-        return CorruptMediaError(
-            f"truncated or corrupt {_short_name(found)}: {_reason(exc)}", source=source
-        )
+        return CorruptMediaError(f"truncated or corrupt {_short_name(found)}: {_reason(exc)}", source=source)
     if _looks_like_text(head):
         return UnsupportedMediaError(
             f"this is text, not a {kind} file (supported {kind} formats: {_formats_of(kind)})",
@@ -210,8 +205,7 @@ def _unreadable(head: bytes, kind: str, source: str, exc: BaseException) -> Medi
             source=source,
         )
     return UnsupportedMediaError(
-        f"unrecognised {kind} format (first bytes {head[:8].hex(' ')}); "
-        f"supported {kind} formats: {_formats_of(kind)}",
+        f"unrecognised {kind} format (first bytes {head[:8].hex(' ')}); supported {kind} formats: {_formats_of(kind)}",
         source=source,
     )
 
@@ -363,9 +357,7 @@ class Image:
         return cls(_decode_image(path.read_bytes(), str(path), limits), source=str(path))
 
     @classmethod
-    def from_bytes(
-        cls, data: bytes, *, name: str | None = None, limits: MediaLimits | None = None
-    ) -> Image:
+    def from_bytes(cls, data: bytes, *, name: str | None = None, limits: MediaLimits | None = None) -> Image:
         """Decode an encoded PNG, JPEG or WebP; ``name`` labels errors and becomes the source."""
         limits = _limits(limits)
         data, source = _checked_bytes(data, name, limits)
@@ -400,8 +392,7 @@ def _decode_image(data: bytes, source: str, limits: MediaLimits) -> PIL.Image.Im
             other = opened.format  # Pillow may still know it (ICO, PPM, PSD...): name it
         if other:
             raise UnsupportedMediaError(
-                f"{other} image is not a supported image format "
-                f"(supported image formats: {_formats_of('image')})",
+                f"{other} image is not a supported image format (supported image formats: {_formats_of('image')})",
                 source=source,
             )
         raise _unreadable(data[:_HEAD_BYTES], "image", source, ValueError("unrecognised content"))
@@ -446,8 +437,7 @@ class Audio:
         peak = float(np.abs(wave).max())
         if peak > 1.0:
             raise ValueError(
-                f"Audio samples must lie in [-1, 1], got peak {peak:.4g}; "
-                f"normalise or np.clip the waveform first"
+                f"Audio samples must lie in [-1, 1], got peak {peak:.4g}; normalise or np.clip the waveform first"
             )
         wave = wave.view()
         wave.flags.writeable = False  # the dataclass is frozen; so is its data
@@ -488,9 +478,7 @@ class Audio:
             return _decode_audio(f, _read_head(path), str(path), limits, str(path))
 
     @classmethod
-    def from_bytes(
-        cls, data: bytes, *, name: str | None = None, limits: MediaLimits | None = None
-    ) -> Audio:
+    def from_bytes(cls, data: bytes, *, name: str | None = None, limits: MediaLimits | None = None) -> Audio:
         """Decode encoded WAV, FLAC or Ogg bytes; ``name`` labels errors and becomes the source."""
         limits = _limits(limits)
         data, source = _checked_bytes(data, name, limits)
@@ -499,17 +487,12 @@ class Audio:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Audio):
             return NotImplemented
-        return self.sample_rate == other.sample_rate and np.array_equal(
-            self.waveform, other.waveform
-        )
+        return self.sample_rate == other.sample_rate and np.array_equal(self.waveform, other.waveform)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return (
-            f"Audio({self.num_channels} ch, {self.duration:.3f} s @ {self.sample_rate} Hz, "
-            f"source={self.source!r})"
-        )
+        return f"Audio({self.num_channels} ch, {self.duration:.3f} s @ {self.sample_rate} Hz, source={self.source!r})"
 
 
 _SOUNDFILE_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "OGG": "ogg"}
@@ -518,9 +501,7 @@ _SOUNDFILE_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac
 _WAV_TRUNCATED = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
-def _decode_audio(
-    file: BinaryIO, head: bytes, source: str, limits: MediaLimits, name: str | None
-) -> Audio:
+def _decode_audio(file: BinaryIO, head: bytes, source: str, limits: MediaLimits, name: str | None) -> Audio:
     _reject_other_formats(head, "audio", source)
     try:
         sound = soundfile.SoundFile(file)
@@ -529,8 +510,7 @@ def _decode_audio(
     with sound:
         if sound.format not in _SOUNDFILE_FORMATS:
             raise UnsupportedMediaError(
-                f"{sound.format_info} audio is not supported "
-                f"(supported audio formats: {_formats_of('audio')})",
+                f"{sound.format_info} audio is not supported (supported audio formats: {_formats_of('audio')})",
                 source=source,
             )
         what = _short_name(_SOUNDFILE_FORMATS[sound.format])
@@ -548,16 +528,14 @@ def _decode_audio(
         match = _WAV_TRUNCATED.search(sound.extra_info)
         if match and int(match.group(2)) < int(match.group(1)) < 0xFFFFFFF0:
             raise CorruptMediaError(
-                f"truncated WAV: header declares {match.group(1)} data bytes, "
-                f"the file holds {match.group(2)}",
+                f"truncated WAV: header declares {match.group(1)} data bytes, the file holds {match.group(2)}",
                 source=source,
             )
         with _decoder_errors(source, what):
             samples_SC = sound.read(dtype="float32", always_2d=True)
         if len(samples_SC) < sound.frames:
             raise CorruptMediaError(
-                f"truncated {what}: header declares {sound.frames} samples, "
-                f"only {len(samples_SC)} decode",
+                f"truncated {what}: header declares {sound.frames} samples, only {len(samples_SC)} decode",
                 source=source,
             )
     # Float files may carry overs past full scale; PCM conversion clips the same way.
@@ -595,14 +573,13 @@ class Video:
             raise EmptyMediaError("video has no frames", source=self.source)
         if not all(isinstance(f, VideoFrame) for f in frames):
             raise TypeError("Video.frames must all be VideoFrame")
-        if any(b.time < a.time for a, b in zip(frames, frames[1:])):
+        if any(b.time < a.time for a, b in zip(frames, frames[1:], strict=False)):
             raise ValueError("Video.frames must be in time order")
         if self.audio is not None and not isinstance(self.audio, Audio):
             raise TypeError(f"Video.audio must be Audio or None, got {type(self.audio).__name__}")
         if not (math.isfinite(self.duration) and self.duration >= frames[-1].time):
             raise ValueError(
-                f"Video.duration must be finite and >= the last frame time "
-                f"{frames[-1].time}, got {self.duration!r}"
+                f"Video.duration must be finite and >= the last frame time {frames[-1].time}, got {self.duration!r}"
             )
         object.__setattr__(self, "frames", frames)
         object.__setattr__(self, "duration", float(self.duration))
@@ -651,26 +628,21 @@ class Video:
     def __repr__(self) -> str:
         size = f"{self.frames[0].image.width}x{self.frames[0].image.height}"
         audio = f"{self.audio.duration:.2f} s audio" if self.audio else "no audio"
-        return (
-            f"Video({self.num_frames} frames {size}, {self.duration:.2f} s, {audio}, "
-            f"source={self.source!r})"
-        )
+        return f"Video({self.num_frames} frames {size}, {self.duration:.2f} s, {audio}, source={self.source!r})"
 
 
-_VIDEO_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "webm"}
+# FFmpeg demuxer per sniffed format. Naming it (rather than letting FFmpeg probe) means a file
+# that is really, say, an HLS playlist can never make FFmpeg open other files or URLs.
+_DEMUXERS = {"mp4": "mp4", "webm": "matroska"}
 # Frame times are rounded by containers (WebM keeps milliseconds); a frame this close before a
 # sample time still counts as "at" it.
 _TIME_EPS = 1e-3
 
 
 def _check_sampling_args(fps: float, max_frames: int | None) -> None:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (
-        math.isfinite(fps) and fps > 0
-    ):
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0):
         raise ConfigError(f"fps must be a positive number, got {fps!r}")
-    if max_frames is not None and (
-        isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames <= 0
-    ):
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames <= 0):
         raise ConfigError(f"max_frames must be a positive int or None, got {max_frames!r}")
 
 
@@ -692,7 +664,7 @@ def _too_many_frames(
     )
 
 
-def _planned_frames(duration: float, fps: float, stream: av.video.stream.VideoStream) -> int:
+def _planned_frames(duration: float, fps: float, stream: av.VideoStream) -> int:
     """How many frames sampling at ``fps`` will take, from headers alone (an upper bound
     for well-formed files; decoding re-checks as it goes)."""
     last_start = duration
@@ -719,19 +691,14 @@ def _decode_video(
     ``label`` names the input in errors; ``source`` is what the Video and its parts remember.
     """
     _check_sampling_args(fps, max_frames)
-    _reject_other_formats(head, "video", label)
+    fmt = _reject_other_formats(head, "video", label)
+    if fmt is None:
+        raise _unreadable(head, "video", label, ValueError("unrecognised content"))
     try:
-        container = av.open(file, mode="r")
+        container = av.open(file, mode="r", format=_DEMUXERS[fmt])
     except Exception as exc:
         raise _unreadable(head, "video", label, exc) from exc
     with container:
-        fmt = _VIDEO_CONTAINERS.get(container.format.name)
-        if fmt is None:
-            raise UnsupportedMediaError(
-                f"{container.format.long_name} ({container.format.name}) is not a supported video "
-                f"format (supported video formats: {_formats_of('video')})",
-                source=label,
-            )
         if not container.streams.video:
             raise EmptyMediaError("has no video stream", source=label)
         vstream = container.streams.video[0]
@@ -751,33 +718,51 @@ def _decode_video(
         width, height = vstream.codec_context.width, vstream.codec_context.height
         _check_pixels(width, height, limits.max_image_pixels, label)
         with _decoder_errors(label, _short_name(fmt)):
-            frames, audio = _sample_streams(
+            frames, audio, last_time = _sample_streams(
                 container, vstream, astream, fps, (limit, limit_name), limits, label, source
             )
+        declared = _declared_seconds(vstream, astream, duration)
     if not frames:
         raise EmptyMediaError("no video frame could be decoded", source=label)
-    if duration is None:
-        period = 1.0 / float(vstream.average_rate) if vstream.average_rate else 0.0
-        duration = max(frames[-1].time + period, audio.duration if audio else 0.0)
-    return Video(tuple(frames), audio, max(duration, frames[-1].time), source=source)
+    period = 1.0 / float(vstream.average_rate) if vstream.average_rate else 0.0
+    ended = max(last_time + period, audio.duration if audio else 0.0)
+    # Matroska and fragmented MP4 decode up to wherever a cut file stops, without an error.
+    if declared is not None and declared - ended > max(0.5, 0.05 * declared):
+        raise CorruptMediaError(
+            f"truncated {_short_name(fmt)}: the header says {declared:.2f} s but the data ends at {ended:.2f} s",
+            source=label,
+        )
+    return Video(tuple(frames), audio, max(duration or ended, frames[-1].time), source=source)
+
+
+def _declared_seconds(
+    vstream: av.VideoStream, astream: av.AudioStream | None, container_seconds: float | None
+) -> float | None:
+    """How long the decoded streams say they are (the container's figure may count other streams)."""
+    seconds = [float(s.duration * s.time_base) for s in (vstream, astream) if s is not None and s.duration]
+    return max(seconds) if seconds else container_seconds
 
 
 def _sample_streams(
     container: av.container.InputContainer,
-    vstream: av.video.stream.VideoStream,
-    astream: av.audio.stream.AudioStream | None,
+    vstream: av.VideoStream,
+    astream: av.AudioStream | None,
     fps: float,
     frame_limit: tuple[int, str],
     limits: MediaLimits,
     label: str,
     source: str | None,
-) -> tuple[list[VideoFrame], Audio | None]:
-    """One demuxing pass: keep the frames at/after each sample time, and all audio."""
+) -> tuple[list[VideoFrame], Audio | None, float]:
+    """One demuxing pass: keep the frames at/after each sample time, and all audio.
+
+    Returns the frames, the audio (sample 0 at video time 0) and the last decoded frame's time.
+    """
     origin = container.start_time / av.time_base if container.start_time is not None else 0.0
     vstream.thread_type = "AUTO"
     frames: list[VideoFrame] = []
     next_sample = 0  # index k of the next sample time k / fps
     decoded = 0
+    last_time = 0.0
     chunks_CS: list[np.ndarray] = []
     audio_start: float | None = None
     resampler = av.AudioResampler(format="fltp")  # sample format only: keep rate and channels
@@ -787,8 +772,7 @@ def _sample_streams(
             t = float(frame.time) - origin if frame.time is not None else None
             if t is not None and t > limits.max_video_seconds:
                 raise MediaTooLargeError(
-                    f"video runs past {limits.max_video_seconds} s "
-                    f"(MediaLimits.max_video_seconds)",
+                    f"video runs past {limits.max_video_seconds} s (MediaLimits.max_video_seconds)",
                     source=label,
                 )
             if isinstance(frame, av.AudioFrame):
@@ -798,6 +782,7 @@ def _sample_streams(
             if t is None:
                 t = decoded / float(vstream.average_rate or 1)
             decoded += 1
+            last_time = max(last_time, t)
             if t < next_sample / fps - _TIME_EPS:
                 continue
             if len(frames) >= frame_limit[0]:
@@ -810,12 +795,12 @@ def _sample_streams(
     if astream is not None:
         chunks_CS.extend(f.to_ndarray() for f in resampler.resample(None))
     audio = _join_audio(chunks_CS, astream, audio_start or 0.0, source)
-    return frames, audio
+    return frames, audio, last_time
 
 
 def _join_audio(
     chunks_CS: list[np.ndarray],
-    astream: av.audio.stream.AudioStream | None,
+    astream: av.AudioStream | None,
     start: float,
     source: str | None,
 ) -> Audio | None:
@@ -936,9 +921,7 @@ class Document:
         return cls((Message(None, parts),))
 
     @classmethod
-    def chat(
-        cls, *messages: Message | tuple[Role, Part | str | Sequence[Part | str]]
-    ) -> Document:
+    def chat(cls, *messages: Message | tuple[Role, Part | str | Sequence[Part | str]]) -> Document:
         """A chat: ``Document.chat(("user", [image, "what is this?"]), ("assistant", "a cat"))``."""
         built = []
         for i, entry in enumerate(messages):
@@ -971,9 +954,7 @@ class Document:
     # -- JSON ------------------------------------------------------------------------------------
 
     @classmethod
-    def from_json(
-        cls, obj: Any, *, base_dir: PathLike, limits: MediaLimits | None = None
-    ) -> Document:
+    def from_json(cls, obj: Any, *, base_dir: PathLike, limits: MediaLimits | None = None) -> Document:
         """Build a document from its JSON form; media paths are relative to ``base_dir``.
 
         ``{"messages": [{"role": ..., "content": [...] | "text"}]}``, or ``{"parts": [...]}``
@@ -1039,9 +1020,7 @@ class Document:
                         for k, f in enumerate(part.frames)
                     ]
                     audio = write(f"{stem}.wav", part.audio.to_wav_bytes()) if part.audio else None
-                    content.append(
-                        {"type": "video", "frames": frames, "audio": audio, "duration": part.duration}
-                    )
+                    content.append({"type": "video", "frames": frames, "audio": audio, "duration": part.duration})
             messages.append({"role": message.role, "content": content})
         return {"messages": messages}
 
@@ -1066,16 +1045,12 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _expect_object(
-    obj: Any, where: str, allowed: set[str], required: Sequence[str] = ()
-) -> None:
+def _expect_object(obj: Any, where: str, allowed: set[str], required: Sequence[str] = ()) -> None:
     if not isinstance(obj, dict):
         raise ConfigError(f"{where or 'document'}: expected a JSON object, got {type(obj).__name__}")
     for key in obj:
         if key not in allowed:
-            raise ConfigError(
-                f"{_join(where, str(key))}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
-            )
+            raise ConfigError(f"{_join(where, str(key))}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
     for key in required:
         if key not in obj:
             raise ConfigError(f"{_join(where, key)}: missing")
@@ -1090,7 +1065,8 @@ def _expect_list(obj: Any, where: str) -> list:
 def _expect(obj: dict, key: str, types: type | tuple[type, ...], where: str) -> Any:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, types):
-        raise ConfigError(f"{_join(where, key)}: expected {types}, got {value!r}")
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise ConfigError(f"{_join(where, key)}: expected {names}, got {value!r}")
     return value
 
 
@@ -1105,6 +1081,8 @@ class _JsonReader:
         if isinstance(obj, str):
             return (Text(obj),)
         items = _expect_list(obj, where)
+        if not items:
+            raise ConfigError(f"{where}: empty; a message needs at least one part")
         return tuple(self.part(item, f"{where}[{i}]") for i, item in enumerate(items))
 
     def path(self, obj: dict, key: str, where: str) -> Path:
@@ -1116,9 +1094,7 @@ class _JsonReader:
             raise ConfigError(f"{where}: expected an object with a 'type'")
         kind = obj["type"]
         if kind not in _PART_KEYS:
-            raise ConfigError(
-                f"{where}.type: unknown part type {kind!r} (known: {', '.join(_PART_KEYS)})"
-            )
+            raise ConfigError(f"{where}.type: unknown part type {kind!r} (known: {', '.join(_PART_KEYS)})")
         required = {"text": ("text",), "image": ("path",), "audio": ("path",)}.get(kind, ())
         _expect_object(obj, where, _PART_KEYS[kind], required)
         try:
@@ -1136,18 +1112,18 @@ class _JsonReader:
 
     def video(self, obj: dict, where: str) -> Video:
         if ("path" in obj) == ("frames" in obj):
-            raise ConfigError(f"{where}: a video needs exactly one of 'path' or 'frames'")
+            raise ConfigError(f"{where}: a video needs exactly one of 'path' (a file) or 'frames' (as to_json writes)")
         if "path" in obj:
             extra = {"audio", "duration"} & obj.keys()
             if extra:
                 raise ConfigError(f"{_join(where, min(extra))}: only valid with 'frames'")
             fps = _expect(obj, "fps", (int, float), where) if "fps" in obj else 1.0
-            max_frames = obj.get("max_frames")
-            if max_frames is not None:
-                max_frames = _expect(obj, "max_frames", int, where)
-            return Video.open(
-                self.path(obj, "path", where), fps=fps, max_frames=max_frames, limits=self.limits
-            )
+            max_frames = _expect(obj, "max_frames", int, where) if obj.get("max_frames") is not None else None
+            try:
+                _check_sampling_args(fps, max_frames)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+            return Video.open(self.path(obj, "path", where), fps=fps, max_frames=max_frames, limits=self.limits)
         extra = {"fps", "max_frames"} & obj.keys()
         if extra:
             raise ConfigError(f"{_join(where, min(extra))}: only valid with 'path'")
@@ -1157,17 +1133,22 @@ class _JsonReader:
                 f"{where}.frames lists {len(entries)} frames, over the limit of "
                 f"{self.limits.max_video_frames} (MediaLimits.max_video_frames)"
             )
-        frames = []
+        times, images = [], []
         for k, entry in enumerate(entries):
             at = f"{where}.frames[{k}]"
             _expect_object(entry, at, {"time", "path"}, required=("time", "path"))
-            image = Image.open(self.path(entry, "path", at), limits=self.limits)
-            frames.append(VideoFrame(_expect(entry, "time", (int, float), at), image))
+            times.append(_expect(entry, "time", (int, float), at))
+            images.append(Image.open(self.path(entry, "path", at), limits=self.limits))
         audio = None
         if obj.get("audio") is not None:
             audio = Audio.open(self.path(obj, "audio", where), limits=self.limits)
         if "duration" in obj:
             duration = _expect(obj, "duration", (int, float), where)
         else:
-            duration = max(frames[-1].time if frames else 0.0, audio.duration if audio else 0.0)
-        return Video(tuple(frames), audio, duration)
+            duration = max(max(times, default=0.0), audio.duration if audio else 0.0)
+        try:
+            return Video(tuple(map(VideoFrame, times, images)), audio, duration)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, PolymodalError):
+                raise
+            raise ConfigError(f"{where}: {exc}") from exc
