@@ -70,14 +70,22 @@ def test_tokenize_text_file_and_errors(tmp_path):
 def test_train_build_and_use_a_vocabulary(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
-    assert run("tokenizer", "train", "text", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "tok")).exit_code == 0
+    assert (
+        run("tokenizer", "train", "text", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "tok")).exit_code
+        == 0
+    )
     result = run("vocab", "build", str(tmp_path / "tok"), "--out", str(tmp_path / "vocab"), "--grid", "8x8")
     assert result.exit_code == 0, result.output
     shown = run("vocab", "show", "--vocab", str(tmp_path / "vocab")).output
     assert "<|grid:8x8|>" in shown and "text" in shown and "<|grid:16x16|>" not in shown
     described = run("vocab", "describe", "0", "20", "--vocab", str(tmp_path / "vocab")).output.splitlines()
     assert described[0].split("\t")[1] == "<|bos|>" and described[1].split("\t")[1].startswith("text:")
-    assert runner.invoke(app, ["vocab", "build", str(tmp_path / "tok"), "--out", str(tmp_path / "v2"), "--grid", "8by8"]).exit_code == 2
+    assert (
+        runner.invoke(
+            app, ["vocab", "build", str(tmp_path / "tok"), "--out", str(tmp_path / "v2"), "--grid", "8by8"]
+        ).exit_code
+        == 2
+    )
     assert runner.invoke(app, ["tokenizer", "train", "sound", str(corpus), "--out", str(tmp_path / "x")]).exit_code == 2
 
 

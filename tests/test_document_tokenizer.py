@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-import toys
 import torch
 from PIL import Image as PILImage
 
+import toys
 from polymodal import vocab as V
 from polymodal.content import Audio, Document, Image, Text, Video, VideoFrame
 from polymodal.errors import ConfigError, PolymodalError, SequenceTooLongError, TokenizerNotAvailableError
@@ -21,7 +21,9 @@ def text_tokenizer() -> TextTokenizer:
 
 @pytest.fixture
 def codec(text_tokenizer) -> DocumentTokenizer:
-    return DocumentTokenizer.from_tokenizers([text_tokenizer, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()], grids=[(2, 2)])
+    return DocumentTokenizer.from_tokenizers(
+        [text_tokenizer, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()], grids=[(2, 2)]
+    )
 
 
 def red_image() -> Image:
@@ -66,7 +68,9 @@ def test_plain_document_layout_positions_and_weights(codec, text_tokenizer):
 
 
 def test_chat_template_weights_only_assistant(codec):
-    doc = Document.chat(("system", "be brief"), ("user", ["what is in the picture?", red_image()]), ("assistant", "a circle."))
+    doc = Document.chat(
+        ("system", "be brief"), ("user", ["what is in the picture?", red_image()]), ("assistant", "a circle.")
+    )
     seq = codec.encode(doc)
     names = token_names(codec, seq)
     start = names.index(V.ASSISTANT)

@@ -44,7 +44,13 @@ def test_sound_and_frame_at_same_second_share_t():
     # in a video, whatever the interleaving order, both land on one clock
     video = P.video_positions(
         origin,
-        [P.TimedTokens((0.0,)), P.FrameAt(0.0, 2, 2), P.TimedTokens((2.3,)), P.FrameAt(2.3, 2, 2), P.TimedTokens((0.04, 2.3))],
+        [
+            P.TimedTokens((0.0,)),
+            P.FrameAt(0.0, 2, 2),
+            P.TimedTokens((2.3,)),
+            P.FrameAt(2.3, 2, 2),
+            P.TimedTokens((0.04, 2.3)),
+        ],
         tau,
     )
     assert video[:, 0].tolist() == [40, 40, 40, 40, 40, 97, 97, 97, 97, 97, 41, 97]

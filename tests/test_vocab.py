@@ -25,7 +25,9 @@ def test_layout_is_specials_then_contiguous_ranges(vocab):
 
 def test_modality_of_is_a_range_lookup(vocab):
     text, image, audio = vocab.range("text"), vocab.range("image"), vocab.range("audio")
-    ids = torch.tensor([0, vocab.bos_id, text.start, text.stop - 1, image.start, image.stop - 1, audio.start, vocab.size - 1])
+    ids = torch.tensor(
+        [0, vocab.bos_id, text.start, text.stop - 1, image.start, image.stop - 1, audio.start, vocab.size - 1]
+    )
     assert vocab.modality_of(ids).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert vocab.modality_of(text.start + 5).item() == vocab.modality_index("text")
     with pytest.raises(ValueError, match="outside the vocabulary"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ app.add_typer(vocab_app, name="vocab")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 VocabOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--vocab", "-v", help="A folder with vocab.json and tokenizers/ (default: the built-in vocabulary)."),
 ]
 
@@ -62,12 +62,12 @@ def main(
 
 @app.command()
 def tokenize(
-    files: Annotated[Optional[list[Path]], typer.Argument(help="Documents (.json) or media/text files.")] = None,
+    files: Annotated[list[Path] | None, typer.Argument(help="Documents (.json) or media/text files.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Tokenize the built-in sample document.")] = False,
     vocab: VocabOption = None,
     first: Annotated[int, typer.Option(help="How many ids to show per part.", min=0)] = 8,
     fps: Annotated[float, typer.Option(help="Frames per second sampled from videos.", min=0.01)] = 1.0,
-    max_frames: Annotated[Optional[int], typer.Option(help="Refuse videos that would give more frames.", min=1)] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Refuse videos that would give more frames.", min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
 ) -> None:
     """Show how documents become tokens: each part's modality, token count and first ids."""
@@ -128,9 +128,14 @@ def vocab_describe(
 
 @vocab_app.command("build")
 def vocab_build(
-    tokenizers: Annotated[list[Path], typer.Argument(help="Saved tokenizer folders, one per modality, in range order.")],
+    tokenizers: Annotated[
+        list[Path], typer.Argument(help="Saved tokenizer folders, one per modality, in range order.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write vocab.json and tokenizers/ to.")],
-    grid: Annotated[list[str], typer.Option(help="Image grid sizes that get a grid token, as HxW.")] = ["4x4", "8x8", "16x16"],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(help="Image grid sizes that get a grid token, as HxW (default 4x4 8x8 16x16)."),
+    ] = None,
     time_units_per_second: Annotated[float, typer.Option(help="Temporal position units per second.", min=0.001)] = 25.0,
 ) -> None:
     """Lay out a unified vocabulary around trained tokenizers and save it with them."""
@@ -138,6 +143,7 @@ def vocab_build(
     from polymodal.tokenizers.document import DocumentTokenizer
 
     try:
+        grid = grid or ["4x4", "8x8", "16x16"]
         grids = [tuple(int(n) for n in g.lower().split("x")) for g in grid]
         if any(len(g) != 2 or min(g) < 1 for g in grids):
             raise ValueError
@@ -145,7 +151,9 @@ def vocab_build(
         _fail(f"--grid takes sizes like 8x8, got {grid}")
     try:
         loaded = [load_tokenizer(d) for d in tokenizers]
-        doc_tokenizer = DocumentTokenizer.from_tokenizers(loaded, grids=grids, time_units_per_second=time_units_per_second)
+        doc_tokenizer = DocumentTokenizer.from_tokenizers(
+            loaded, grids=grids, time_units_per_second=time_units_per_second
+        )
     except PolymodalError as exc:
         _fail(str(exc))
     doc_tokenizer.save(out)
@@ -166,8 +174,9 @@ def tokenizer_train(
     from polymodal.tokenizers.text import TextTokenizer
 
     try:
-        trained = TextTokenizer.train_from_files(files, vocab_size=vocab_size, min_frequency=min_frequency,
-                                                 show_progress=sys.stderr.isatty())
+        trained = TextTokenizer.train_from_files(
+            files, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=sys.stderr.isatty()
+        )
     except (PolymodalError, FileNotFoundError) as exc:
         _fail(str(exc))
     trained.save(out)

@@ -53,9 +53,7 @@ def timed_positions(origin: int, seconds: torch.Tensor | Sequence[float], time_u
     return t.unsqueeze(1).expand(t.numel(), 3).clone()
 
 
-def audio_positions(
-    start: int, length: int, tokens_per_second: float, time_units_per_second: float
-) -> torch.Tensor:
+def audio_positions(start: int, length: int, tokens_per_second: float, time_units_per_second: float) -> torch.Tensor:
     """Positions of ``length`` audio codes at ``tokens_per_second`` starting at ``start``."""
     if tokens_per_second <= 0:
         raise ValueError(f"tokens_per_second must be > 0, got {tokens_per_second}")

@@ -141,9 +141,7 @@ class Vocabulary:
         if missing:
             raise ConfigError(f"vocabulary: missing required special tokens {missing}")
         if not self.time_units_per_second > 0:
-            raise ConfigError(
-                f"vocabulary: time_units_per_second must be > 0, got {self.time_units_per_second}"
-            )
+            raise ConfigError(f"vocabulary: time_units_per_second must be > 0, got {self.time_units_per_second}")
         expected_start = len(self.specials)
         for r in self.ranges:
             if r.name == SPECIAL or r.name in ("", None):
@@ -179,9 +177,7 @@ class Vocabulary:
         try:
             return self.modalities.index(name)
         except ValueError:
-            raise KeyError(
-                f"modality {name!r} is not in this vocabulary (has {list(self.modalities)})"
-            ) from None
+            raise KeyError(f"modality {name!r} is not in this vocabulary (has {list(self.modalities)})") from None
 
     def has_modality(self, name: str) -> bool:
         return name in self._ranges_by_name
@@ -191,8 +187,7 @@ class Vocabulary:
             return self._ranges_by_name[name]
         except KeyError:
             raise KeyError(
-                f"modality {name!r} has no id range in this vocabulary "
-                f"(ranges: {[r.name for r in self.ranges]})"
+                f"modality {name!r} has no id range in this vocabulary (ranges: {[r.name for r in self.ranges]})"
             ) from None
 
     def special_id(self, token: str) -> int:
@@ -228,7 +223,7 @@ class Vocabulary:
         if token not in self._special_ids:
             raise KeyError(
                 f"no grid token for a {height}x{width} image grid; this vocabulary has "
-                f"{['%dx%d' % g for g in self.grids]}"
+                f"{[f'{h}x{w}' for h, w in self.grids]}"
             )
         return self._special_ids[token]
 
@@ -245,9 +240,7 @@ class Vocabulary:
         r = self.range(modality)
         ids = torch.as_tensor(local_ids, dtype=torch.long)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= r.size):
-            raise ValueError(
-                f"{modality} tokenizer produced id {int(ids.max())} outside its range of {r.size}"
-            )
+            raise ValueError(f"{modality} tokenizer produced id {int(ids.max())} outside its range of {r.size}")
         return ids + r.start
 
     def to_local(self, modality: str, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -285,9 +278,7 @@ class Vocabulary:
             raise ConfigError(f"{source}: expected a JSON object")
         unknown, missing = set(data) - expected, expected - set(data)
         if unknown or missing:
-            raise ConfigError(
-                f"{source}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
-            )
+            raise ConfigError(f"{source}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
         if data["format_version"] != FORMAT_VERSION:
             raise ConfigError(
                 f"{source}: format_version {data['format_version']} is not supported "
@@ -329,4 +320,3 @@ class Vocabulary:
     def __repr__(self) -> str:
         ranges = ", ".join(f"{r.name}=[{r.start},{r.stop})" for r in self.ranges)
         return f"Vocabulary(size={self.size}, specials={len(self.specials)}, {ranges})"
-

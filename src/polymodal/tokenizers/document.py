@@ -75,7 +75,9 @@ class _Builder:
         positions = torch.cat([c[1] for c in self.chunks])
         weights = torch.cat([torch.full((len(c[0]),), c[2], dtype=torch.float32) for c in self.chunks])
         # cut_ok[i]: the sequence may be cut just before token i (cut_ok[N] = whole sequence).
-        cut_ok = torch.cat([torch.full((len(c[0]),), c[3], dtype=torch.bool) for c in self.chunks] + [torch.ones(1, dtype=torch.bool)])
+        cut_ok = torch.cat(
+            [torch.full((len(c[0]),), c[3], dtype=torch.bool) for c in self.chunks] + [torch.ones(1, dtype=torch.bool)]
+        )
         seq = TokenSequence(ids, self.vocab.modality_of(ids), positions, weights)
         return seq, cut_ok
 

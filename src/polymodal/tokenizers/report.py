@@ -51,7 +51,12 @@ class DocumentReport:
         lines.append(f"  {'#':>2}  {'role':<9} {'modality':<8} {'details':<28} {'tokens':>6}  first ids")
         for i, p in enumerate(self.parts):
             count = "-" if p.num_tokens is None else str(p.num_tokens)
-            shown = p.problem if p.problem else " ".join(map(str, p.first_ids)) + (" …" if p.num_tokens and p.num_tokens > len(p.first_ids) else "")
+            shown = (
+                p.problem
+                if p.problem
+                else " ".join(map(str, p.first_ids))
+                + (" …" if p.num_tokens and p.num_tokens > len(p.first_ids) else "")
+            )
             lines.append(f"  {i:>2}  {p.role or '-':<9} {p.modality:<8} {p.details:<28} {count:>6}  {shown}")
         return "\n".join(lines)
 

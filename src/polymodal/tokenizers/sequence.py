@@ -84,7 +84,9 @@ class TokenBatch:
         return self.attention_mask.sum(dim=1)
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(*(t.to(device) for t in (self.ids, self.modality, self.positions, self.loss_weight, self.attention_mask)))
+        return TokenBatch(
+            *(t.to(device) for t in (self.ids, self.modality, self.positions, self.loss_weight, self.attention_mask))
+        )
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
