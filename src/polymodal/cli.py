@@ -134,7 +134,9 @@ def vocab_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write vocab.json and tokenizers/ to.")],
     grid: Annotated[
         list[str] | None,
-        typer.Option(help="Image grid sizes that get a grid token, as HxW (default 4x4 8x8 16x16)."),
+        typer.Option(
+            help="Image grid sizes that get a grid token, as HxW (default: those the image tokenizer emits)."
+        ),
     ] = None,
     time_units_per_second: Annotated[float, typer.Option(help="Temporal position units per second.", min=0.001)] = 25.0,
 ) -> None:
@@ -143,9 +145,8 @@ def vocab_build(
     from polymodal.tokenizers.document import DocumentTokenizer
 
     try:
-        grid = grid or ["4x4", "8x8", "16x16"]
-        grids = [tuple(int(n) for n in g.lower().split("x")) for g in grid]
-        if any(len(g) != 2 or min(g) < 1 for g in grids):
+        grids = [tuple(int(n) for n in g.lower().split("x")) for g in grid] if grid else None
+        if grids and any(len(g) != 2 or min(g) < 1 for g in grids):
             raise ValueError
     except ValueError:
         _fail(f"--grid takes sizes like 8x8, got {grid}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from polymodal.content.audio import Audio
-from polymodal.content.image import Image
+from polymodal.content.image import DETAILS, Image
 from polymodal.content.limits import DEFAULT_LIMITS, MediaLimits, PathLike, _limits
 from polymodal.content.parts import _PART_TYPES, Part, Text
 from polymodal.content.video import Video, VideoFrame, _check_sampling_args
@@ -177,7 +177,8 @@ class Document:
                 if isinstance(part, Text):
                     content.append({"type": "text", "text": part.text})
                 elif isinstance(part, Image):
-                    content.append({"type": "image", "path": write(f"{stem}.png", part.to_png_bytes())})
+                    entry = {"type": "image", "path": write(f"{stem}.png", part.to_png_bytes())}
+                    content.append(entry if part.detail == "auto" else {**entry, "detail": part.detail})
                 elif isinstance(part, Audio):
                     content.append({"type": "audio", "path": write(f"{stem}.wav", part.to_wav_bytes())})
                 else:
@@ -201,7 +202,7 @@ class Document:
 
 _PART_KEYS = {
     "text": {"type", "text"},
-    "image": {"type", "path"},
+    "image": {"type", "path", "detail"},
     "audio": {"type", "path"},
     "video": {"type", "path", "fps", "max_frames", "frames", "audio", "duration"},
 }
@@ -267,7 +268,10 @@ class _JsonReader:
             if kind == "text":
                 return Text(_expect(obj, "text", str, where))
             if kind == "image":
-                return Image.open(self.path(obj, "path", where), limits=self.limits)
+                detail = obj.get("detail", "auto")
+                if detail not in DETAILS:
+                    raise ConfigError(f"{where}.detail: must be one of {', '.join(DETAILS)}, got {detail!r}")
+                return Image.open(self.path(obj, "path", where), limits=self.limits).with_detail(detail)
             if kind == "audio":
                 return Audio.open(self.path(obj, "path", where), limits=self.limits)
             return self.video(obj, where)

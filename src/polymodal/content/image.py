@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import numpy as np
 import PIL.Image
@@ -35,6 +36,9 @@ from polymodal.errors import EmptyMediaError, MediaTooLargeError, UnsupportedMed
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
+Detail = Literal["low", "high", "auto"]
+DETAILS: tuple[str, ...] = get_args(Detail)
+
 
 def _to_rgb(pixels: PIL.Image.Image) -> PIL.Image.Image:
     if pixels.mode == "RGB":
@@ -52,12 +56,20 @@ def _to_rgb(pixels: PIL.Image.Image) -> PIL.Image.Image:
 
 @dataclass(frozen=True, eq=False)
 class Image:
-    """An RGB image. Any PIL mode given is converted (alpha is composited over white)."""
+    """An RGB image. Any PIL mode given is converted (alpha is composited over white).
+
+    ``detail`` asks for a token budget, as OpenAI's ``image_url.detail`` does: ``"low"`` (the
+    fewest tokens), ``"high"`` (as many as the image's size justifies) or ``"auto"`` (the
+    tokenizer decides from size and content).
+    """
 
     pixels: PIL.Image.Image
     source: str | None = None
+    detail: Detail = "auto"
 
     def __post_init__(self) -> None:
+        if self.detail not in DETAILS:
+            raise ValueError(f"Image.detail must be one of {DETAILS}, got {self.detail!r}")
         if not isinstance(self.pixels, PIL.Image.Image):
             raise TypeError(f"Image.pixels must be a PIL image, got {type(self.pixels).__name__}")
         if self.pixels.width == 0 or self.pixels.height == 0:
@@ -108,6 +120,10 @@ class Image:
         limits = _limits(limits)
         data, source = _checked_bytes(data, name, limits)
         return cls(_decode_image(data, source, limits), source=name)
+
+    def with_detail(self, detail: Detail) -> Image:
+        """The same pixels with another token budget."""
+        return replace(self, detail=detail)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Image):

@@ -102,13 +102,20 @@ class DocumentTokenizer:
         cls,
         tokenizers: Sequence[ModalityTokenizer],
         *,
-        grids: Sequence[tuple[int, int]] = V.DEFAULT_GRIDS,
+        grids: Sequence[tuple[int, int]] | None = None,
         time_units_per_second: float = V.DEFAULT_TIME_UNITS_PER_SECOND,
     ) -> DocumentTokenizer:
-        """Lay out a fresh vocabulary around these tokenizers (ranges in the order given)."""
+        """Lay out a fresh vocabulary around these tokenizers (ranges in the order given).
+
+        ``grids`` defaults to every grid the tokenizers can emit (their ``grids`` attribute), or to
+        the standard 4×4, 8×8 and 16×16 when none says.
+        """
         modalities = [t.modality for t in tokenizers]
         if len(set(modalities)) != len(modalities):
             raise ConfigError(f"one tokenizer per modality, got {modalities}")
+        if grids is None:
+            emitted = sorted({g for t in tokenizers for g in getattr(t, "grids", ())})
+            grids = emitted or V.DEFAULT_GRIDS
         vocab = Vocabulary.build(
             {t.modality: t.vocab_size for t in tokenizers}, grids=grids, time_units_per_second=time_units_per_second
         )

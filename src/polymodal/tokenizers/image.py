@@ -1,0 +1,366 @@
+"""The image tokenizer: a convolutional autoencoder with a finite-scalar quantizer (FSQ).
+
+An image is resized to a square *bucket* (dynamic resolution, below), encoded to a grid of
+``side / downsample`` codes per axis, and each grid cell is quantized to one of ``prod(levels)``
+codes — the image range of the unified vocabulary. Decoding maps codes back to pixels.
+
+Dynamic resolution: every preset has a few buckets (e.g. 32, 64 and 128 px → 4×4, 8×8 and 16×16
+codes). ``detail="low"`` takes the smallest; ``"high"`` the largest that the image's own size
+justifies (never upscaling past it); ``"auto"`` the smallest bucket that keeps the image within
+``auto_psnr`` dB of its version at the largest justified bucket (capped at ``auto_max``), so small
+or simple images cost fewer tokens. Images are stretched to the square bucket, not cropped.
+
+This module knows nothing of the vocabulary or positions: it returns local codes and a Grid layout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from polymodal.content import Image
+from polymodal.errors import ConfigError
+from polymodal.tokenizers import read_tokenizer_config, write_tokenizer_config
+from polymodal.tokenizers.base import Grid, TokenSpan
+from polymodal.tokenizers.quantizers import FSQuantizer
+from polymodal.tokenizers.training import TrainConfig, TrainResult, train_autoencoder
+
+Detail = Literal["low", "high", "auto"]
+WEIGHTS_FILENAME = "model.safetensors"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageTokenizerConfig:
+    downsample: int = 8  # pixels per code along each side
+    width: int = 128  # channels of the network, which runs at the code grid's resolution
+    blocks: int = 2  # residual blocks in the encoder and in the decoder
+    latent_channels: int = 16  # encoder output, projected by FSQ to len(levels) dims
+    levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels: the codebook is their product
+    refine: int = 16  # channels of the full-resolution refinement after the decoder (0: none)
+    buckets: tuple[int, ...] = (32, 64, 128)  # square sides an image may be resized to
+    auto_max: int = 64  # the largest bucket detail="auto" picks
+    auto_psnr: float = 30.0  # auto: smallest bucket whose down-up resample stays within this PSNR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(self.levels))
+        object.__setattr__(self, "buckets", tuple(sorted(self.buckets)))
+        for name in ("downsample", "width", "latent_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"image tokenizer: {name} must be >= 1, got {getattr(self, name)}")
+        if self.width % 8:
+            raise ConfigError(f"image tokenizer: width must be a multiple of 8 (group norm), got {self.width}")
+        bad = [b for b in self.buckets if b % self.downsample or b <= 0]
+        if bad or not self.buckets:
+            raise ConfigError(f"image tokenizer: buckets {bad or '[]'} must be positive multiples of {self.downsample}")
+        if self.auto_max not in self.buckets:
+            raise ConfigError(f"image tokenizer: auto_max {self.auto_max} must be one of the buckets {self.buckets}")
+
+    @property
+    def grids(self) -> tuple[tuple[int, int], ...]:
+        return tuple((b // self.downsample, b // self.downsample) for b in self.buckets)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageTokenizerConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"image tokenizer config: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def debug() -> ImageTokenizerConfig:
+    """For tests: 16/32 px → 4×4/8×8 codes, trains in seconds."""
+    return ImageTokenizerConfig(downsample=4, width=64, latent_channels=8, buckets=(16, 32), auto_max=32)
+
+
+def tiny() -> ImageTokenizerConfig:
+    """The CPU size: 64 px → 8×8 codes (also 32 px → 4×4, 128 px → 16×16); 1,000 codes."""
+    return ImageTokenizerConfig()
+
+
+def base() -> ImageTokenizerConfig:
+    """The "224-pixel image in 256 tokens" budget: 256 px → 16×16 codes (also 64 → 4×4, 128 → 8×8)."""
+    return ImageTokenizerConfig(
+        downsample=16,
+        width=384,
+        blocks=4,
+        latent_channels=32,
+        levels=(8, 8, 8, 5, 5),
+        refine=32,
+        buckets=(64, 128, 256),
+        auto_max=256,
+    )
+
+
+_PRESETS = {"debug": debug, "tiny": tiny, "base": base}
+
+
+def list_presets() -> list[str]:
+    return list(_PRESETS)
+
+
+def preset(name: str) -> ImageTokenizerConfig:
+    try:
+        return _PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown image tokenizer preset {name!r}; available: {list_presets()}") from None
+
+
+# -- the network ----------------------------------------------------------------------------------
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+            _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+        )  # fmt: skip
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class ImageAutoencoder(nn.Module):
+    """pixels [B, 3, S, S] in [-1, 1] → latents [B, D, S/f, S/f] → FSQ codes → pixels.
+
+    Each f×f patch is folded into channels (pixel unshuffle) so that all the work happens at the
+    code grid's resolution — cheap enough to train on a CPU — and unfolded again at the end; a
+    small full-resolution refinement removes the seams between patches.
+    """
+
+    def __init__(self, config: ImageTokenizerConfig) -> None:
+        super().__init__()
+        f, c = config.downsample, config.width
+        self.encoder = nn.Sequential(
+            nn.PixelUnshuffle(f),
+            nn.Conv2d(3 * f * f, c, 1),
+            *[ResBlock(c, c) for _ in range(config.blocks)],
+            _norm(c), nn.SiLU(), nn.Conv2d(c, config.latent_channels, 1),
+        )  # fmt: skip
+        self.quantizer = FSQuantizer(config.levels, config.latent_channels)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(config.latent_channels, c, 3, padding=1),
+            *[ResBlock(c, c) for _ in range(config.blocks)],
+            _norm(c), nn.SiLU(), nn.Conv2d(c, 3 * f * f, 1),
+            nn.PixelShuffle(f),
+        )  # fmt: skip
+        r = config.refine
+        self.refine = (
+            nn.Sequential(nn.Conv2d(3, r, 3, padding=1), nn.SiLU(), nn.Conv2d(r, 3, 3, padding=1)) if r else None
+        )
+
+    def _pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        coarse = self.decoder(latents)
+        return coarse + self.refine(coarse) if self.refine is not None else coarse
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``[B, S/f, S/f]``."""
+        return self.quantizer(self.encoder(pixels))[1]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._pixels(self.quantizer.decode_codes(codes))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._pixels(self.quantizer(self.encoder(pixels))[0])
+
+
+# -- pixels ⇄ tensors -------------------------------------------------------------------------------
+
+
+def to_tensor(image: Image, side: int) -> torch.Tensor:
+    """Resize (stretch) to ``side`` × ``side`` and scale to [-1, 1]: ``[3, side, side]``."""
+    pixels = image.pixels if image.size == (side, side) else image.pixels.resize((side, side), PILImage.BICUBIC)
+    array = torch.from_numpy(np.asarray(pixels, dtype=np.float32)).permute(2, 0, 1)
+    return array / 127.5 - 1.0
+
+
+def to_image(pixels: torch.Tensor) -> Image:
+    array = ((pixels.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image(PILImage.fromarray(array))
+
+
+def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of tensors in [-1, 1] (peak-to-peak range 2)."""
+    mse = torch.mean((reference.clamp(-1, 1) - estimate.clamp(-1, 1)) ** 2).item()
+    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
+
+
+# -- the tokenizer ----------------------------------------------------------------------------------
+
+
+class ImageTokenizer:
+    """Images ⇄ grids of FSQ codes; local ids ``0 .. prod(levels)-1``."""
+
+    name: ClassVar[str] = "image-fsq"
+    modality: ClassVar[str] = "image"
+
+    def __init__(self, config: ImageTokenizerConfig, model: ImageAutoencoder | None = None) -> None:
+        self.config = config
+        self.model = (model or ImageAutoencoder(config)).eval()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.quantizer.codebook_size
+
+    @property
+    def grids(self) -> tuple[tuple[int, int], ...]:
+        return self.config.grids
+
+    def bucket(self, image: Image, detail: Detail = "auto") -> int:
+        """The square side (pixels) this image is tokenized at; see the module docstring."""
+        buckets = self.config.buckets
+        justified = [b for b in buckets if b <= max(image.size)] or [buckets[0]]
+        if detail == "low":
+            return buckets[0]
+        if detail == "high":
+            return justified[-1]
+        if detail != "auto":
+            raise ValueError(f"detail must be 'low', 'high' or 'auto', got {detail!r}")
+        candidates = [b for b in justified if b <= self.config.auto_max] or [buckets[0]]
+        reference = to_tensor(image, candidates[-1])
+        for side in candidates[:-1]:
+            small = to_image(to_tensor(image, side)).pixels.resize((candidates[-1],) * 2, PILImage.BICUBIC)
+            if psnr(reference, to_tensor(Image(small), candidates[-1])) >= self.config.auto_psnr:
+                return side
+        return candidates[-1]
+
+    @torch.no_grad()
+    def encode(self, part: Image, *, detail: Detail | None = None) -> TokenSpan:
+        if not isinstance(part, Image):
+            raise TypeError(f"the image tokenizer encodes Image parts, got {type(part).__name__}")
+        side = self.bucket(part, detail or getattr(part, "detail", None) or "auto")
+        codes = self.model.encode(to_tensor(part, side).unsqueeze(0))[0]
+        return TokenSpan("image", codes.reshape(-1), Grid(*codes.shape))
+
+    @torch.no_grad()
+    def decode(self, span: TokenSpan) -> Image:
+        if not isinstance(span.layout, Grid):
+            raise ValueError("an image span needs a Grid layout (its grid token)")
+        h, w = span.layout.height, span.layout.width
+        if len(span) != h * w:
+            raise ValueError(f"a {h}x{w} image needs {h * w} codes, got {len(span)}")
+        pixels = self.model.decode(span.ids.reshape(1, h, w))[0]
+        return to_image(pixels)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Sequence[Image], side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Originals and reconstructions at ``side`` px, both ``[B, 3, side, side]`` in [-1, 1]."""
+        batch = torch.stack([to_tensor(im, side) for im in images])
+        return batch, self.model(batch)
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        tmp = directory / f".{WEIGHTS_FILENAME}.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, directory / WEIGHTS_FILENAME)
+        write_tokenizer_config(directory, self.name, {"modality": self.modality, "config": asdict(self.config)})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ImageTokenizer:
+        directory = Path(directory)
+        saved = read_tokenizer_config(directory)
+        if saved["type"] != cls.name:
+            raise ConfigError(f"{directory}: holds a {saved['type']!r} tokenizer, not {cls.name!r}")
+        config = ImageTokenizerConfig.from_dict(saved.get("config", {}))
+        model = ImageAutoencoder(config)
+        try:
+            model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME)))
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"{directory / WEIGHTS_FILENAME}: cannot load image tokenizer weights ({exc})") from exc
+        return cls(config, model)
+
+    # -- training ---------------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        images: Iterable[Image],
+        *,
+        config: ImageTokenizerConfig | str = "tiny",
+        train: TrainConfig | None = None,
+        held_out: Sequence[Image] = (),
+    ) -> tuple[ImageTokenizer, TrainResult]:
+        """Train on a stream of images (cycled if finite), reporting held-out PSNR at every bucket."""
+        config = preset(config) if isinstance(config, str) else config
+        train = train or TrainConfig()
+        model = ImageAutoencoder(config)
+        batches = _batches(images, config, train.batch_size, seed=train.seed)
+
+        def loss_fn(net: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            recon = net(batch)
+            mse = torch.mean((recon - batch) ** 2)
+            loss = torch.mean(torch.abs(recon - batch)) + mse
+            return loss, {"loss": loss.item(), "psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
+
+        evaluate = (lambda net: evaluate_psnr(cls(config, net), held_out)) if held_out else None
+        result = train_autoencoder(model, batches, loss_fn, train, evaluate=evaluate, description="image tokenizer")
+        return cls(config, result.model), result
+
+
+def evaluate_psnr(tokenizer: ImageTokenizer, images: Sequence[Image]) -> dict[str, float]:
+    """Held-out reconstruction PSNR at each bucket beside two fixed baselines.
+
+    ``blur``: each code cell's exact mean colour, upsampled bilinearly (more bits than a code);
+    ``palette``: the same with the mean quantized to as many colours as the codebook has codes —
+    the non-learned tokenizer with the same token budget.
+    """
+    scores: dict[str, float] = {}
+    levels = max(2, round(tokenizer.vocab_size ** (1 / 3)))
+    for side in tokenizer.config.buckets:
+        original, recon = tokenizer.reconstruct(images, side)
+        small = torch.nn.functional.avg_pool2d(original, tokenizer.config.downsample)
+        palette = torch.round((small + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1
+        blur, flat = (
+            torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+            for x in (small, palette)
+        )
+        scores[f"psnr@{side}"] = psnr(original, recon)
+        scores[f"blur_psnr@{side}"] = psnr(original, blur)
+        scores[f"palette_psnr@{side}"] = psnr(original, flat)
+    return scores
+
+
+def _batches(
+    images: Iterable[Image], config: ImageTokenizerConfig, batch_size: int, *, seed: int
+) -> Iterator[torch.Tensor]:
+    """Endless batches, each at one bucket size chosen at random (all sizes get trained)."""
+    rng = np.random.default_rng(seed)
+    stream = _cycle(images, rng)
+    while True:
+        side = int(rng.choice(config.buckets))
+        yield torch.stack([to_tensor(next(stream), side) for _ in range(batch_size)])
+
+
+def _cycle(images: Iterable[Image], rng: np.random.Generator) -> Iterator[Image]:
+    """A list is reshuffled and repeated every epoch; any other iterable is read once, as a stream."""
+    if isinstance(images, Sequence):
+        if not images:
+            raise ConfigError("image tokenizer training got no images")
+        while True:
+            for index in rng.permutation(len(images)):
+                yield images[int(index)]
+    yield from images
+    raise ConfigError("the image stream ran out before training ended: pass a list, or a longer stream")
+
+
+__all__ = ["ImageTokenizer", "ImageTokenizerConfig", "base", "debug", "evaluate_psnr", "list_presets", "preset", "tiny"]
