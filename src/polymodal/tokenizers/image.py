@@ -25,6 +25,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from PIL import Image as PILImage
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -285,7 +286,7 @@ class ImageTokenizer:
         model = ImageAutoencoder(config)
         try:
             model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME)))
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, SafetensorError) as exc:
             raise ConfigError(f"{directory / WEIGHTS_FILENAME}: cannot load image tokenizer weights ({exc})") from exc
         return cls(config, model)
 
