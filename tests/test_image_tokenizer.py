@@ -7,8 +7,8 @@ from PIL import ImageDraw
 from polymodal import vocab as V
 from polymodal.content import Document, Image
 from polymodal.errors import ConfigError
-from polymodal.tokenizers import list_tokenizers, load_tokenizer
 from polymodal.tokenizers import image as image_tok
+from polymodal.tokenizers import list_tokenizers, load_tokenizer
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, evaluate_psnr
 from polymodal.tokenizers.training import TrainConfig
@@ -42,7 +42,7 @@ def test_every_preset_builds_and_maps_pixels_to_its_grid(name):
     assert tokenizer.vocab_size == int(np.prod(config.levels))
     if name != "debug":
         assert tokenizer.vocab_size >= 1000
-    for side, (gh, gw) in zip(config.buckets, config.grids):
+    for side, (gh, gw) in zip(config.buckets, config.grids, strict=True):
         assert (gh, gw) == (side // config.downsample,) * 2
         pixels = torch.zeros(1, 3, side, side)
         codes = tokenizer.model.encode(pixels)
