@@ -134,9 +134,7 @@ def vocab_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write vocab.json and tokenizers/ to.")],
     grid: Annotated[
         list[str] | None,
-        typer.Option(
-            help="Image grid sizes that get a grid token, as HxW (default: those the image tokenizer emits)."
-        ),
+        typer.Option(help="Image grid sizes that get a grid token, as HxW (default: those the image tokenizer emits)."),
     ] = None,
     time_units_per_second: Annotated[float, typer.Option(help="Temporal position units per second.", min=0.001)] = 25.0,
 ) -> None:
@@ -161,17 +159,24 @@ def vocab_build(
     typer.echo(f"{doc_tokenizer.vocab} -> {out}")
 
 
-@tokenizer_app.command("train")
-def tokenizer_train(
-    modality: Annotated[str, typer.Argument(help="Which tokenizer to train: text.")],
-    files: Annotated[list[Path], typer.Argument(help="Training files (UTF-8 text for 'text').")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the tokenizer to.")],
+train_app = typer.Typer(help="Train a text, image or audio tokenizer.", no_args_is_help=True)
+tokenizer_app.add_typer(train_app, name="train")
+
+StepsOption = Annotated[int, typer.Option(help="Optimizer steps.", min=1)]
+BatchOption = Annotated[int, typer.Option(help="Examples per step.", min=1)]
+LrOption = Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine).", min=0.0)]
+SeedOption = Annotated[int, typer.Option(help="Seed for data order and initialisation.")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the tokenizer to.")]
+
+
+@train_app.command("text")
+def train_text(
+    files: Annotated[list[Path], typer.Argument(help="UTF-8 text files.")],
+    out: OutOption,
     vocab_size: Annotated[int, typer.Option(help="Number of text ids (256 bytes + merges).", min=257)] = 4096,
     min_frequency: Annotated[int, typer.Option(help="Merge only pairs seen this often.", min=1)] = 2,
 ) -> None:
-    """Train a tokenizer and save it (a tokenizer_config.json plus its model files)."""
-    if modality != "text":
-        _fail(f"cannot train a {modality!r} tokenizer yet; available: text")
+    """Train a byte-level BPE text tokenizer."""
     from polymodal.tokenizers.text import TextTokenizer
 
     try:
@@ -182,6 +187,112 @@ def tokenizer_train(
         _fail(str(exc))
     trained.save(out)
     typer.echo(f"trained a text BPE with {trained.vocab_size} ids on {len(files)} files -> {out}")
+
+
+def _train_media(module, tokenizer_cls, sources: list[Path], out: Path, preset: str, train, data_fn) -> None:
+    """Shared by ``train image`` and ``train audio``: gather data, train, save, report."""
+    from polymodal.tokenizers.recipes import write_report
+
+    kind = tokenizer_cls.modality
+    try:
+        config = module.preset(preset)
+        training, held_out = data_fn(config)
+        data = f"{len(sources)} paths" if sources else "shapes-world corpus (built in)"
+        typer.echo(f"training the {preset} {kind} tokenizer on {data} for {train.steps} steps", err=True)
+        tokenizer, result = tokenizer_cls.train(training, config=config, train=train, held_out=held_out)
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    tokenizer.save(out)
+    report = write_report(out, kind=kind, preset=preset, data=data, train=train, result=result)
+    figures = ", ".join(f"{k} {v:.3g}" for k, v in report["held_out"].items() if k != "step")
+    typer.echo(f"{out}: {tokenizer.vocab_size} codes, {report['seconds']} s; held-out {figures}")
+
+
+@train_app.command("image")
+def train_image(
+    sources: Annotated[
+        list[Path] | None, typer.Argument(help="Image files or folders (default: shapes world).")
+    ] = None,
+    out: OutOption = Path("tokenizers/image"),
+    preset: Annotated[str, typer.Option(help="debug, tiny (64 px -> 8x8) or base (256 px -> 16x16).")] = "tiny",
+    steps: StepsOption = 2000,
+    batch_size: BatchOption = 16,
+    lr: LrOption = 2e-3,
+    seed: SeedOption = 0,
+) -> None:
+    """Train the image tokenizer (autoencoder + FSQ) and report held-out PSNR."""
+    from polymodal.tokenizers import image
+    from polymodal.tokenizers.recipes import image_data
+    from polymodal.tokenizers.training import TrainConfig
+
+    train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=max(1, steps // 4))
+    _train_media(image, image.ImageTokenizer, sources or [], out, preset, train,
+                 lambda config: image_data(sources or [], side=config.buckets[-1], seed=seed))  # fmt: skip
+
+
+@train_app.command("audio")
+def train_audio(
+    sources: Annotated[
+        list[Path] | None, typer.Argument(help="Audio files or folders (default: shapes world).")
+    ] = None,
+    out: OutOption = Path("tokenizers/audio"),
+    preset: Annotated[str, typer.Option(help="debug, tiny or base (all 25 tokens/s).")] = "tiny",
+    steps: StepsOption = 2000,
+    batch_size: BatchOption = 8,
+    lr: LrOption = 1e-3,
+    seed: SeedOption = 0,
+) -> None:
+    """Train the audio tokenizer (mel encoder + FSQ + STFT decoder) and report held-out mel distance."""
+    from polymodal.tokenizers import audio
+    from polymodal.tokenizers.recipes import audio_data
+    from polymodal.tokenizers.training import TrainConfig
+
+    train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=max(1, steps // 4))
+    _train_media(
+        audio,
+        audio.AudioTokenizer,
+        sources or [],
+        out,
+        preset,
+        train,
+        lambda config: audio_data(sources or [], seed=seed),
+    )
+
+
+data_app = typer.Typer(help="Make and inspect training data.", no_args_is_help=True)
+make_app = typer.Typer(help="Generate a built-in corpus.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(make_app, name="make")
+
+
+@make_app.command("shapes")
+def make_shapes_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the shards and manifest.json.")],
+    n: Annotated[int, typer.Option("--n", help="Number of samples.", min=1)] = 10_000,
+    seed: SeedOption = 0,
+    split: Annotated[str, typer.Option(help="train, valid or test (disjoint random streams).")] = "train",
+    kinds: Annotated[
+        list[str] | None, typer.Option("--kind", help="Only these kinds (repeatable; default all).")
+    ] = None,
+    image_size: Annotated[int, typer.Option(help="Side of scene images in pixels.", min=16)] = 64,
+    samples_per_shard: Annotated[int, typer.Option(help="Samples per .tar shard.", min=1)] = 1000,
+    workers: Annotated[int, typer.Option(help="Processes generating samples.", min=1)] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace a corpus already in --out.")] = False,
+) -> None:
+    """Generate the shapes-world corpus (scenes, speech, sounds, videos, QA, digits) as WebDataset shards."""
+    from polymodal.data.shapes import ALL_KINDS, list_kinds, make_shapes
+
+    unknown = sorted(set(kinds or ()) - set(list_kinds()))
+    if unknown:
+        _fail(f"unknown kinds {unknown}; available: {', '.join(list_kinds())}")
+    try:
+        shards = make_shapes(
+            out, n=n, seed=seed, kinds=tuple(kinds) if kinds else ALL_KINDS, split=split, image_size=image_size,
+            samples_per_shard=samples_per_shard, workers=workers, progress=sys.stderr.isatty(), overwrite=overwrite,
+        )  # fmt: skip
+    except (PolymodalError, FileExistsError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{n} samples in {len(shards)} shards -> {out}")
 
 
 @app.command("sample")

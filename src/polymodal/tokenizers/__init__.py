@@ -25,6 +25,7 @@ CONFIG_FILENAME = "tokenizer_config.json"
 _REGISTRY: dict[str, str] = {
     "text-bpe": "polymodal.tokenizers.text:TextTokenizer",
     "image-fsq": "polymodal.tokenizers.image:ImageTokenizer",
+    "audio-fsq": "polymodal.tokenizers.audio:AudioTokenizer",
 }
 
 
