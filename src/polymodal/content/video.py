@@ -119,6 +119,42 @@ class Video:
         head = data[:_HEAD_BYTES]
         return _decode_video(io.BytesIO(data), head, source, name, fps, max_frames, limits)
 
+    def to_mp4_bytes(self, *, fps: int | None = None) -> bytes:
+        """A playable MP4: MPEG-4 Part 2 video and, with a track, AAC mono audio.
+
+        Frame k is shown from ``round(time_k · fps)``; ``fps`` defaults to the frames' own rate
+        (one over the median gap). Output is bit-identical for identical input.
+        """
+        if not self.frames:
+            raise EmptyMediaError("a video with no frames cannot be written", source=self.source)
+        if fps is None:
+            gaps = np.diff([f.time for f in self.frames])
+            fps = max(1, round(1.0 / float(np.median(gaps)))) if len(gaps) else 1
+        slots = [round(f.time * fps) for f in self.frames]
+        if len(set(slots)) != len(slots):
+            raise ConfigError(f"frames are closer together than 1/{fps} s: pass a higher fps")
+        buffer = io.BytesIO()
+        first = self.frames[0].image
+        with av.open(buffer, mode="w", format="mp4") as container:
+            # Every stream must exist before the first packet is muxed (that writes the header).
+            vstream = container.add_stream("mpeg4", rate=fps)
+            vstream.width, vstream.height, vstream.pix_fmt = first.width, first.height, "yuv420p"
+            vstream.bit_rate = 400_000
+            vstream.codec_context.thread_count = 1  # threaded encoding may reorder work: keep output stable
+            astream = None
+            if self.audio is not None:
+                astream = container.add_stream("aac", rate=self.audio.sample_rate)
+                astream.layout = "mono"
+                astream.bit_rate = 64_000
+            for frame, slot in zip(self.frames, slots, strict=True):
+                picture = av.VideoFrame.from_ndarray(frame.image.to_array(), format="rgb24")
+                picture.pts = slot
+                container.mux(vstream.encode(picture))
+            container.mux(vstream.encode())
+            if astream is not None:
+                _mux_audio(container, astream, self.audio)
+        return buffer.getvalue()
+
     def __repr__(self) -> str:
         size = f"{self.frames[0].image.width}x{self.frames[0].image.height}"
         audio = f"{self.audio.duration:.2f} s audio" if self.audio else "no audio"
@@ -311,3 +347,15 @@ def _join_audio(
     if wave_CS.shape[1] == 0:
         return None
     return Audio(np.clip(wave_CS, -1.0, 1.0), rate, source=f"{source}#audio" if source else None)
+
+
+def _mux_audio(container: av.container.OutputContainer, astream: av.AudioStream, audio: Audio) -> None:
+    wave = np.ascontiguousarray(audio.to_mono().waveform, dtype=np.float32)
+    step = 1024  # AAC's frame length
+    for start in range(0, wave.shape[1], step):
+        chunk = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(wave[:, start : start + step]), format="fltp", layout="mono"
+        )
+        chunk.sample_rate, chunk.pts = audio.sample_rate, start
+        container.mux(astream.encode(chunk))
+    container.mux(astream.encode())

@@ -136,7 +136,8 @@ def _prepare_folder(out_dir: Path, overwrite: bool) -> None:
     existing = sorted(out_dir.glob("shapes-*.tar")) + ([out_dir / MANIFEST] if (out_dir / MANIFEST).exists() else [])
     if existing and not overwrite:
         raise ConfigError(
-            f"{out_dir} already holds a shapes corpus ({existing[0].name} ...); pass overwrite=True (--overwrite on the command line) to replace it"
+            f"{out_dir} already holds a shapes corpus ({existing[0].name} ...); "
+            "pass overwrite=True (--overwrite on the command line) to replace it"
         )
     (out_dir / MANIFEST).unlink(missing_ok=True)  # first: a folder without manifest is unfinished
     for path in existing:

@@ -17,11 +17,9 @@ This module knows nothing about captions, questions or documents.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass
 
-import av
 import numpy as np
 
 from polymodal.content import Audio, Video, VideoFrame
@@ -186,40 +184,7 @@ def render_video(scene: VideoScene, *, size: int = 64) -> Video:
 
 
 def encode_mp4(video: Video, *, fps: int) -> bytes:
-    """A playable MP4: MPEG-4 Part 2 video at ``fps`` (one frame per :class:`VideoFrame`, which
-    must sit on the 1/fps grid) and AAC mono audio at the track's rate."""
+    """A playable MP4 of a rendered video (frames on the 1/fps grid): see ``Video.to_mp4_bytes``."""
     if any(abs(f.time * fps - round(f.time * fps)) > 1e-6 for f in video.frames):
         raise ConfigError(f"encode_mp4 needs frames on the 1/{fps} s grid")
-    buffer = io.BytesIO()
-    first = video.frames[0].image
-    with av.open(buffer, mode="w", format="mp4") as container:
-        # Every stream must exist before the first packet is muxed (that writes the header).
-        vstream = container.add_stream("mpeg4", rate=fps)
-        vstream.width, vstream.height, vstream.pix_fmt = first.width, first.height, "yuv420p"
-        vstream.bit_rate = 400_000  # plenty for 64x64: colours stay within a few levels
-        vstream.codec_context.thread_count = 1  # threaded encoding may reorder work: keep output stable
-        astream = None
-        if video.audio is not None:
-            astream = container.add_stream("aac", rate=video.audio.sample_rate)
-            astream.layout = "mono"
-            astream.bit_rate = 64_000
-        for frame in video.frames:
-            picture = av.VideoFrame.from_ndarray(frame.image.to_array(), format="rgb24")
-            picture.pts = round(frame.time * fps)
-            container.mux(vstream.encode(picture))
-        container.mux(vstream.encode())
-        if astream is not None:
-            _mux_audio(container, astream, video.audio)
-    return buffer.getvalue()
-
-
-def _mux_audio(container: av.container.OutputContainer, astream: av.AudioStream, audio: Audio) -> None:
-    wave = np.ascontiguousarray(audio.to_mono().waveform, dtype=np.float32)
-    step = 1024  # AAC's frame length
-    for start in range(0, wave.shape[1], step):
-        chunk = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(wave[:, start : start + step]), format="fltp", layout="mono"
-        )
-        chunk.sample_rate, chunk.pts = audio.sample_rate, start
-        container.mux(astream.encode(chunk))
-    container.mux(astream.encode())
+    return video.to_mp4_bytes(fps=fps)
