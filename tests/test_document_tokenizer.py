@@ -153,7 +153,7 @@ def test_missing_modality_is_a_clear_error(text_tokenizer):
     with pytest.raises(TokenizerNotAvailableError, match="no image tokenizer .*covers: text"):
         text_only.encode(Document.of("x", red_image()))
     video = Video(frames=(VideoFrame(0.0, red_image()),), audio=None, duration=1.0)
-    with pytest.raises(TokenizerNotAvailableError, match="no video tokenizer"):
+    with pytest.raises(TokenizerNotAvailableError, match="no image tokenizer"):
         text_only.encode(Document.of(video))
 
 
@@ -171,3 +171,55 @@ def test_batched_sequences_pad_without_moving_positions(codec):
     batch = pad_batch([a, b], codec.vocab.pad_id, side="left")
     assert torch.equal(batch.positions[1, -len(b) :], b.positions)
     assert batch.ids[1, : len(a) - len(b)].eq(codec.vocab.pad_id).all()
+
+
+def tone_video(seconds: int = 3) -> Video:
+    """Frames at 0, 1, 2 s (red, green, blue) and a track that is silent then loud from 1.0 s."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    frames = tuple(VideoFrame(float(k), Image(PILImage.new("RGB", (8, 8), colours[k]))) for k in range(seconds))
+    t = np.arange(16_000 * seconds) / 16_000
+    wave = np.where(t >= 1.0, 0.4 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
+    return Video(frames=frames, audio=Audio(wave, 16_000), duration=float(seconds))
+
+
+def test_video_interleaves_frames_and_sound_on_one_clock(codec):
+    seq = codec.encode(Document.of(tone_video()), add_bos=False, add_eos=False)
+    names = token_names(codec, seq)
+    assert names[0] == V.VIDEO_START and names[-1] == V.VIDEO_END
+    frames = [i for i, n in enumerate(names) if n == V.FRAME]
+    assert len(frames) == 3 and all(names[i + 1] == "<|grid:2x2|>" for i in frames)
+    audio_before = [sum(n.startswith("audio:") for n in names[:i]) for i in frames]
+    assert audio_before == [0, 25, 50]  # 25 tokens/s: each frame follows the sound up to its second
+    assert sum(n.startswith("audio:") for n in names) == 75
+    origin = seq.positions[0, 0].item() + 1
+    # the frame at 1.0 s and the audio code at 1.0 s (the 25th) share t = origin + 25
+    frame_t = seq.positions[frames[1] + 2 : frames[1] + 6, 0]
+    first_loud = [i for i, n in enumerate(names) if n.startswith("audio:")][25]
+    assert frame_t.eq(origin + 25).all() and seq.positions[first_loud, 0].item() == origin + 25
+    assert seq.positions[frames[2], 0].item() == origin + 50
+    assert seq.positions[-1, 0].item() == int(seq.positions[:-1].max()) + 1
+
+
+def test_video_round_trip(codec):
+    back = codec.decode(codec.encode(Document.of("watch", tone_video())))
+    video = back.parts[1]
+    assert isinstance(video, Video)
+    assert [f.time for f in video.frames] == [0.0, 1.0, 2.0]
+    assert [tuple(f.image.to_array()[0, 0]) for f in video.frames] == [(224, 32, 32), (32, 224, 32), (32, 32, 224)]
+    assert video.audio.duration == pytest.approx(3.0)
+    loud = np.abs(video.audio.waveform[0])
+    assert loud[: 16_000 - 640].max() == 0 and loud[16_000 + 640 :].min() > 0
+
+
+def test_video_without_track_and_cost_check(codec, text_tokenizer):
+    silent = tone_video()
+    silent = Video(frames=silent.frames, audio=None, duration=silent.duration)
+    back = codec.decode(codec.encode(Document.of(silent)))
+    assert [f.time for f in back.parts[0].frames] == [0.0, 1.0, 2.0] and back.parts[0].audio is None
+    # 3 frames cost at least 3 x (2 + 4) + 2 = 20 tokens: refused before any frame is encoded
+    with pytest.raises(SequenceTooLongError, match="sample fewer frames"):
+        codec.encode(Document.of(silent), max_length=19)
+    image_only = DocumentTokenizer.from_tokenizers([text_tokenizer, toys.ToyImageTokenizer()])
+    with pytest.raises(TokenizerNotAvailableError, match="no audio tokenizer"):
+        image_only.encode(Document.of(tone_video()))
+    assert len(image_only.encode(Document.of(silent))) == 2 + 2 + 3 * 6

@@ -27,6 +27,7 @@ class ToyImageTokenizer:
     name: ClassVar[str] = "toy-image"
     modality: ClassVar[str] = "image"
     vocab_size = 64
+    grids = ((2, 2),)
 
     def encode(self, part: Image) -> TokenSpan:
         small = np.asarray(part.pixels.resize((2, 2), PILImage.BILINEAR), dtype=np.int64) // 64
@@ -57,6 +58,7 @@ class ToyAudioTokenizer:
     modality: ClassVar[str] = "audio"
     vocab_size = 32
     rate = 25.0
+    tokens_per_second = 25.0
 
     def encode(self, part: Audio) -> TokenSpan:
         wave = part.to_mono().waveform[0]

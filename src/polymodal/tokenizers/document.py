@@ -26,13 +26,15 @@ from typing import Literal
 
 import torch
 
+from polymodal import positions as P
 from polymodal import vocab as V
 from polymodal.content import Audio, Document, Image, Message, Part, Text, Video
 from polymodal.errors import ConfigError, PolymodalError, SequenceTooLongError, TokenizerNotAvailableError
 from polymodal.positions import next_index
 from polymodal.tokenizers import load_tokenizer
-from polymodal.tokenizers.base import Grid, ModalityTokenizer, Sequential, TokenSpan
+from polymodal.tokenizers.base import Grid, ModalityTokenizer, Sequential, Timed, TokenSpan
 from polymodal.tokenizers.sequence import TokenSequence
+from polymodal.tokenizers.video import AudioSegment, FrameSegment, VideoTokenizer
 from polymodal.vocab import Vocabulary
 
 TOKENIZERS_DIRNAME = "tokenizers"
@@ -151,6 +153,8 @@ class DocumentTokenizer:
         """The tokenizer for ``modality``, loading it from its folder on first use."""
         if modality in self._loaded:
             return self._loaded[modality]
+        if modality == "video":
+            return self._video_tokenizer()
         if not self.vocab.has_modality(modality) or modality not in self._sources:
             have = [r.name for r in self.vocab.ranges]
             raise TokenizerNotAvailableError(
@@ -161,6 +165,12 @@ class DocumentTokenizer:
         if not Path(source).is_dir():
             raise TokenizerNotAvailableError(f"the {modality} tokenizer folder {source} does not exist")
         return self._adopt(modality, load_tokenizer(source))
+
+    def _video_tokenizer(self) -> VideoTokenizer:
+        # A video is frames plus a track: it borrows the image tokenizer and, when the vocabulary
+        # has one, the audio tokenizer (loaded only if a video actually has sound).
+        audio = self.tokenizer("audio") if self.vocab.has_modality("audio") and "audio" in self._sources else None
+        return VideoTokenizer(self.tokenizer("image"), audio)
 
     def _adopt(self, modality: str, tokenizer: ModalityTokenizer) -> ModalityTokenizer:
         if tokenizer.modality != modality:
@@ -193,6 +203,8 @@ class DocumentTokenizer:
         """
         if add_eos is None:
             add_eos = not add_generation_prompt
+        if max_length is not None and truncation == "error":
+            self._check_video_cost(document, max_length)
         builder = _Builder(self.vocab)
         if add_bos:
             builder.special(V.BOS, 0.0)
@@ -218,8 +230,24 @@ class DocumentTokenizer:
             builder.special(V.END_OF_TURN, weight)
         return weight
 
+    def _check_video_cost(self, document: Document, max_length: int) -> None:
+        """Refuse, before decoding-heavy work, videos whose frames alone cannot fit."""
+        for part in document.parts:
+            if isinstance(part, Video):
+                smallest = min(h * w for h, w in self.vocab.grids) if self.vocab.grids else 1
+                floor = 2 + part.num_frames * (2 + smallest)
+                if floor > max_length:
+                    raise SequenceTooLongError(
+                        f"a video of {part.num_frames} frames costs at least {floor} tokens "
+                        f"({part.num_frames} x (2 + {smallest})), over max_length={max_length}; "
+                        "sample fewer frames (lower fps or max_frames)"
+                    )
+
     def _encode_part(self, builder: _Builder, part: Part, weight: float) -> None:
         modality = part_modality(part)
+        if modality == "video":
+            self._encode_video(builder, part, weight)
+            return
         span = self.tokenizer(modality).encode(part)
         ids = self.vocab.to_global(span.modality, span.ids)
         tau = self.vocab.time_units_per_second
@@ -232,6 +260,25 @@ class DocumentTokenizer:
             builder.special(V.grid_token(span.layout.height, span.layout.width), weight, cuttable=False)
         builder.add(ids, span.layout.positions(builder.index, len(span), tau), weight, cuttable=False)
         builder.special(end, weight, cuttable=False)
+
+    def _encode_video(self, builder: _Builder, video: Video, weight: float) -> None:
+        segments = self._video_tokenizer().encode(video)
+        tau = self.vocab.time_units_per_second
+        builder.special(V.VIDEO_START, weight)
+        origin = builder.index  # second 0 of the video's clock
+        for segment in segments:
+            if isinstance(segment, AudioSegment):
+                ids = self.vocab.to_global("audio", segment.span.ids)
+                builder.add(ids, P.timed_positions(origin, segment.times(), tau), weight, cuttable=False)
+                continue
+            grid = segment.span.layout
+            marker = P.timed_positions(origin, [segment.time, segment.time], tau)
+            header = torch.tensor([self.vocab.special_id(V.FRAME), self.vocab.grid_id(grid.height, grid.width)])
+            builder.add(header, marker, weight, cuttable=False)
+            codes = self.vocab.to_global("image", segment.span.ids)
+            positions = P.frame_positions(origin, segment.time, grid.height, grid.width, tau)
+            builder.add(codes, positions, weight, cuttable=False)
+        builder.special(V.VIDEO_END, weight, cuttable=False)
 
     @staticmethod
     def _fit(seq: TokenSequence, cut_ok: torch.Tensor, max_length: int | None, truncation: Truncation) -> TokenSequence:
@@ -303,6 +350,8 @@ class DocumentTokenizer:
         except ValueError:
             raise PolymodalError(f"position {i}: {modality} span is never closed with {end_token}") from None
         body = ids[i + 1 : end]
+        if modality == "video":
+            return self._decode_video(body, i), end + 1
         tokenizer = self.tokenizer(modality)
         grid = V.parse_grid_token(self.vocab.special_token(body[0]) or "") if body else None
         if grid is not None:
@@ -311,6 +360,32 @@ class DocumentTokenizer:
         layout = Grid(*grid) if grid is not None else Sequential()
         span = TokenSpan(modality, self.vocab.to_local(modality, body), layout)
         return tokenizer.decode(span), end + 1
+
+    def _decode_video(self, body: list[int], at: int) -> Video:
+        frame_id = self.vocab.special_id(V.FRAME)
+        segments: list[FrameSegment | AudioSegment] = []
+        audio_seen, j = 0, 0
+        while j < len(body):
+            if body[j] == frame_id:
+                grid = V.parse_grid_token(self.vocab.special_token(body[j + 1]) or "") if j + 1 < len(body) else None
+                if grid is None:
+                    raise PolymodalError(f"position {at + 1 + j}: <|frame|> must be followed by a grid token")
+                n = grid[0] * grid[1]
+                codes = self.vocab.to_local("image", body[j + 2 : j + 2 + n])
+                if len(codes) != n:
+                    raise PolymodalError(f"position {at + 1 + j}: a {grid[0]}x{grid[1]} frame needs {n} codes")
+                segments.append(FrameSegment(0.0, TokenSpan("image", codes, Grid(*grid))))
+                j += 2 + n
+                continue
+            k = j
+            while k < len(body) and body[k] != frame_id:
+                k += 1
+            codes = self.vocab.to_local("audio", body[j:k])
+            tokens_per_second = self.tokenizer("audio").tokens_per_second
+            segments.append(AudioSegment(audio_seen, TokenSpan("audio", codes, Timed(tokens_per_second))))
+            audio_seen += k - j
+            j = k
+        return self._video_tokenizer().decode(segments)
 
     @staticmethod
     def _assemble(messages: list[tuple[str | None, list[Part]]]) -> Document:
