@@ -69,11 +69,14 @@ def tokenize(
     fps: Annotated[float, typer.Option(help="Frames per second sampled from videos.", min=0.01)] = 1.0,
     max_frames: Annotated[int | None, typer.Option(help="Refuse videos that would give more frames.", min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+    roundtrip: Annotated[
+        Path | None, typer.Option(help="Also decode the tokens and write what comes back (JSON, PNG, WAV, MP4) here.")
+    ] = None,
 ) -> None:
     """Show how documents become tokens: each part's modality, token count and first ids."""
     from polymodal.content import Document, load_part
     from polymodal.data.sample import sample_document
-    from polymodal.tokenizers.report import tokenize_report
+    from polymodal.tokenizers.report import tokenize_report, write_roundtrip
 
     if not files and not sample:
         _fail("give one or more FILES, or --sample")
@@ -86,10 +89,17 @@ def tokenize(
             else:
                 documents.append((str(path), Document.of(load_part(path, fps=fps, max_frames=max_frames))))
         reports = [tokenize_report(tokenizer, name, doc, first=first) for name, doc in documents]
+        written = (
+            [write_roundtrip(tokenizer, doc, roundtrip / Path(name).stem) for name, doc in documents]
+            if roundtrip
+            else []
+        )
     except (PolymodalError, FileNotFoundError, IsADirectoryError) as exc:
         _fail(str(exc))
     for report in reports:
         typer.echo(json.dumps(report.to_dict()) if as_json else report.format())
+    for paths in written:
+        typer.echo(f"decoded back: {', '.join(map(str, paths))}", err=as_json)
 
 
 @vocab_app.command("show")
@@ -269,7 +279,7 @@ data_app.add_typer(make_app, name="make")
 def make_shapes_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the shards and manifest.json.")],
     n: Annotated[int, typer.Option("--n", help="Number of samples.", min=1)] = 10_000,
-    seed: SeedOption = 0,
+    seed: Annotated[int, typer.Option(help="Corpus seed: the same seed and split give the same samples.")] = 0,
     split: Annotated[str, typer.Option(help="train, valid or test (disjoint random streams).")] = "train",
     kinds: Annotated[
         list[str] | None, typer.Option("--kind", help="Only these kinds (repeatable; default all).")

@@ -5,10 +5,13 @@ Pure reporting over :class:`DocumentTokenizer`: no tokenization logic lives here
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from polymodal.content import Audio, Document, Image, Part, Text, Video
 from polymodal.errors import TokenizerNotAvailableError
+from polymodal.files import write_bytes_atomic
 from polymodal.tokenizers.document import DocumentTokenizer, part_modality
 
 
@@ -77,3 +80,20 @@ def tokenize_report(tokenizer: DocumentTokenizer, name: str, document: Document,
     if all(p.num_tokens is not None for p in parts):
         total = len(tokenizer.encode(document))
     return DocumentReport(name, parts, total)
+
+
+def write_roundtrip(tokenizer: DocumentTokenizer, document: Document, out: str | os.PathLike) -> list[Path]:
+    """Encode, decode and save what comes back: ``out.json`` with its media, and each video as MP4.
+
+    The encode→decode check for one's own data: look at and listen to what the model will see.
+    """
+    out = Path(out)
+    decoded = tokenizer.decode(tokenizer.encode(document))
+    decoded.save(out.with_suffix(".json"))
+    written = [out.with_suffix(".json")]
+    videos = [p for p in decoded.parts if isinstance(p, Video)]
+    for k, video in enumerate(videos):
+        path = out.parent / f"{out.name}_video{k}.mp4"
+        write_bytes_atomic(path, video.to_mp4_bytes())
+        written.append(path)
+    return written

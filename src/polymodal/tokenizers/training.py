@@ -79,6 +79,7 @@ def train_autoencoder(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     history: list[dict[str, float]] = []
+    skipped = 0
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc=description, disable=not config.progress, dynamic_ncols=True)
     for step in bar:
@@ -89,9 +90,16 @@ def train_autoencoder(
             raise FloatingPointError(f"{description}: loss became {loss.item()} at step {step}; lower the lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        ema.update_parameters(model)
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            ema.update_parameters(model)
+        else:
+            # A rare overflowing gradient (spectral losses near digital silence) would poison the
+            # weights through AdamW's moments: skip that step rather than lose the run.
+            skipped += 1
+            if skipped > max(10, config.steps // 20):
+                raise FloatingPointError(f"{description}: {skipped} steps had non-finite gradients; lower the lr")
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
         last = step + 1 == config.steps
         if evaluate is not None and ((step + 1) % config.eval_every == 0 or last):
