@@ -94,3 +94,44 @@ def test_shipped_vocabularies():
     codec = DocumentTokenizer.load(default_vocabulary_dir())
     assert codec.vocab.range("text").size == codec.tokenizer("text").vocab_size
     assert codec.decode(codec.encode(Document.of("Any text, 任何文字 🙂"))).parts[0].text == "Any text, 任何文字 🙂"
+
+
+def test_make_shapes_command(tmp_path):
+    out = tmp_path / "corpus"
+    result = run("data", "make", "shapes", "--out", str(out), "--n", "6", "--samples-per-shard", "4", "--workers", "1",
+                 "--kind", "image_caption", "--kind", "sound_label")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shapes-000000.tar", "shapes-000001.tar"]
+    assert json.dumps(manifest).count("image_caption") >= 1
+    again = runner.invoke(app, ["data", "make", "shapes", "--out", str(out), "--n", "2", "--workers", "1"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, ["data", "make", "shapes", "--out", str(out), "--kind", "poems"]).exit_code == 2
+
+
+def test_train_media_tokenizers_and_roundtrip(tmp_path):
+    common = ["--preset", "debug", "--steps", "4", "--batch-size", "2"]
+    result = run("tokenizer", "train", "image", "--out", str(tmp_path / "image"), *common)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "image" / "report.json").read_text())
+    assert report["preset"] == "debug" and {"psnr@32", "palette_psnr@32"} <= set(report["held_out"])
+    result = run("tokenizer", "train", "audio", "--out", str(tmp_path / "audio"), "--corpus-clips", "6", *common)
+    assert result.exit_code == 0, result.output
+    assert "mel_distance" in json.loads((tmp_path / "audio" / "report.json").read_text())["held_out"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a red circle and a blue square. " * 50, encoding="utf-8")
+    assert (
+        run("tokenizer", "train", "text", str(corpus), "--vocab-size", "280", "--out", str(tmp_path / "text")).exit_code
+        == 0
+    )
+    vocab = tmp_path / "vocab"
+    toks = [str(tmp_path / m) for m in ("text", "image", "audio")]
+    assert run("vocab", "build", *toks, "--out", str(vocab)).exit_code == 0
+    result = run("tokenize", "--sample", "--vocab", str(vocab), "--json", "--roundtrip", str(tmp_path / "back"))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.splitlines()[0])
+    assert all(p["num_tokens"] for p in report["parts"])
+    assert report["parts"][3]["num_tokens"] == 2 + 13  # 0.5 s at 25 tokens/s, padded to 13, plus delimiters
+    back = Document.load(tmp_path / "back" / "sample.json")
+    assert [type(p).__name__ for p in back.parts] == ["Text", "Image", "Text", "Audio"]
+    assert back.parts[1].size == (32, 32) and back.parts[0] == sample_document().parts[0]

@@ -235,7 +235,14 @@ def train_image(
     from polymodal.tokenizers.recipes import image_data
     from polymodal.tokenizers.training import TrainConfig
 
-    train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=max(1, steps // 4))
+    train = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        eval_every=max(1, steps // 4),
+        progress=sys.stderr.isatty(),
+    )
     _train_media(image, image.ImageTokenizer, sources or [], out, preset, train,
                  lambda config: image_data(sources or [], side=config.buckets[-1], seed=seed))  # fmt: skip
 
@@ -251,13 +258,21 @@ def train_audio(
     batch_size: BatchOption = 8,
     lr: LrOption = 1e-3,
     seed: SeedOption = 0,
+    corpus_clips: Annotated[int, typer.Option(help="Shapes-world clips to train on (without SOURCES).", min=2)] = 2000,
 ) -> None:
     """Train the audio tokenizer (mel encoder + FSQ + STFT decoder) and report held-out mel distance."""
     from polymodal.tokenizers import audio
     from polymodal.tokenizers.recipes import audio_data
     from polymodal.tokenizers.training import TrainConfig
 
-    train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=max(1, steps // 4))
+    train = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        eval_every=max(1, steps // 4),
+        progress=sys.stderr.isatty(),
+    )
     _train_media(
         audio,
         audio.AudioTokenizer,
@@ -265,7 +280,7 @@ def train_audio(
         out,
         preset,
         train,
-        lambda config: audio_data(sources or [], seed=seed),
+        lambda config: audio_data(sources or [], seed=seed, corpus_clips=corpus_clips),
     )
 
 

@@ -65,7 +65,7 @@ def image_data(
 
 
 def audio_data(
-    sources: Sequence[str | os.PathLike], *, seed: int, held_out: int = 24
+    sources: Sequence[str | os.PathLike], *, seed: int, held_out: int = 24, corpus_clips: int = 2000
 ) -> tuple[Iterable[Audio], list[Audio]]:
     """User clips (a list, held-out split off) or a fixed set of shapes-world sounds and speech."""
     if sources:
@@ -75,7 +75,7 @@ def audio_data(
 
     # A list, not a stream: clips are resampled once and cycled, which is far faster than speaking
     # new sentences every step; 2,000 clips (~40 minutes of audio) is plenty for a tokenizer.
-    train = list(itertools.islice(iter_sound_clips(seed, split="train"), 2000))
+    train = list(itertools.islice(iter_sound_clips(seed, split="train"), corpus_clips))
     return train, list(itertools.islice(iter_sound_clips(seed, split="valid"), held_out))
 
 
