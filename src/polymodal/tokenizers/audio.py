@@ -12,23 +12,19 @@ gives exactly ``n × 640`` samples. This module knows nothing of the vocabulary 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polymodal.content import Audio
 from polymodal.errors import ConfigError, EmptyMediaError
-from polymodal.tokenizers import read_tokenizer_config, write_tokenizer_config
 from polymodal.tokenizers.base import Timed, TokenSpan
+from polymodal.tokenizers.neural import NeuralTokenizer, config_from_dict, cycle_examples
 from polymodal.tokenizers.quantizers import FSQuantizer
 from polymodal.tokenizers.spectral import (
     SAMPLE_RATE,
@@ -38,8 +34,6 @@ from polymodal.tokenizers.spectral import (
     to_16k_mono,
 )
 from polymodal.tokenizers.training import TrainConfig, TrainResult, train_autoencoder
-
-WEIGHTS_FILENAME = "model.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,10 +68,7 @@ class AudioTokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AudioTokenizerConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"audio tokenizer config: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "audio tokenizer")
 
 
 def debug() -> AudioTokenizerConfig:
@@ -180,19 +171,13 @@ class AudioAutoencoder(nn.Module):
 # -- the tokenizer ----------------------------------------------------------------------------------
 
 
-class AudioTokenizer:
+class AudioTokenizer(NeuralTokenizer):
     """Audio ⇄ a stream of FSQ codes at ``tokens_per_second``; local ids ``0 .. prod(levels)-1``."""
 
     name: ClassVar[str] = "audio-fsq"
     modality: ClassVar[str] = "audio"
-
-    def __init__(self, config: AudioTokenizerConfig, model: AudioAutoencoder | None = None) -> None:
-        self.config = config
-        self.model = (model or AudioAutoencoder(config)).eval()
-
-    @property
-    def vocab_size(self) -> int:
-        return self.model.quantizer.codebook_size
+    config_cls = AudioTokenizerConfig
+    model_cls = AudioAutoencoder
 
     @property
     def tokens_per_second(self) -> float:
@@ -219,31 +204,6 @@ class AudioTokenizer:
             raise EmptyMediaError("cannot decode an audio span with no codes")
         wave = self.model.decode(span.ids.reshape(1, -1))[0]
         return Audio(wave.clamp(-1, 1).numpy(), SAMPLE_RATE)
-
-    # -- persistence ------------------------------------------------------------------------------
-
-    def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-        tmp = directory / f".{WEIGHTS_FILENAME}.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_FILENAME)
-        write_tokenizer_config(directory, self.name, {"modality": self.modality, "config": asdict(self.config)})
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> AudioTokenizer:
-        directory = Path(directory)
-        saved = read_tokenizer_config(directory)
-        if saved["type"] != cls.name:
-            raise ConfigError(f"{directory}: holds a {saved['type']!r} tokenizer, not {cls.name!r}")
-        config = AudioTokenizerConfig.from_dict(saved.get("config", {}))
-        model = AudioAutoencoder(config)
-        try:
-            model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME)))
-        except (OSError, RuntimeError, SafetensorError) as exc:
-            raise ConfigError(f"{directory / WEIGHTS_FILENAME}: cannot load audio tokenizer weights ({exc})") from exc
-        return cls(config, model)
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -323,15 +283,9 @@ def _batches(
 
 def _waves(tokenizer: AudioTokenizer, clips: Iterable[Audio], rng: np.random.Generator) -> Iterator[torch.Tensor]:
     if isinstance(clips, Sequence):
-        if not clips:
-            raise ConfigError("audio tokenizer training got no clips")
-        prepared = [tokenizer.prepare(c) for c in clips]  # resample once, not every epoch
-        while True:
-            for index in rng.permutation(len(prepared)):
-                yield prepared[int(index)]
-    for clip in clips:
-        yield tokenizer.prepare(clip)
-    raise ConfigError("the audio stream ran out before training ended: pass a list, or a longer stream")
+        clips = [tokenizer.prepare(c) for c in clips]  # resample once, not every epoch
+        return cycle_examples(clips, rng, "audio")
+    return (tokenizer.prepare(c) for c in cycle_examples(clips, rng, "audio"))
 
 
 __all__ = [

@@ -16,28 +16,23 @@ This module knows nothing of the vocabulary or positions: it returns local codes
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polymodal.content import Image
 from polymodal.errors import ConfigError
-from polymodal.tokenizers import read_tokenizer_config, write_tokenizer_config
 from polymodal.tokenizers.base import Grid, TokenSpan
+from polymodal.tokenizers.neural import NeuralTokenizer, config_from_dict, cycle_examples
 from polymodal.tokenizers.quantizers import FSQuantizer
 from polymodal.tokenizers.training import TrainConfig, TrainResult, train_autoencoder
 
 Detail = Literal["low", "high", "auto"]
-WEIGHTS_FILENAME = "model.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,11 +67,7 @@ class ImageTokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ImageTokenizerConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"image tokenizer config: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "image tokenizer")
 
 
 def debug() -> ImageTokenizerConfig:
@@ -205,19 +196,13 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
 # -- the tokenizer ----------------------------------------------------------------------------------
 
 
-class ImageTokenizer:
+class ImageTokenizer(NeuralTokenizer):
     """Images ⇄ grids of FSQ codes; local ids ``0 .. prod(levels)-1``."""
 
     name: ClassVar[str] = "image-fsq"
     modality: ClassVar[str] = "image"
-
-    def __init__(self, config: ImageTokenizerConfig, model: ImageAutoencoder | None = None) -> None:
-        self.config = config
-        self.model = (model or ImageAutoencoder(config)).eval()
-
-    @property
-    def vocab_size(self) -> int:
-        return self.model.quantizer.codebook_size
+    config_cls = ImageTokenizerConfig
+    model_cls = ImageAutoencoder
 
     @property
     def grids(self) -> tuple[tuple[int, int], ...]:
@@ -264,31 +249,6 @@ class ImageTokenizer:
         """Originals and reconstructions at ``side`` px, both ``[B, 3, side, side]`` in [-1, 1]."""
         batch = torch.stack([to_tensor(im, side) for im in images])
         return batch, self.model(batch)
-
-    # -- persistence ------------------------------------------------------------------------------
-
-    def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-        tmp = directory / f".{WEIGHTS_FILENAME}.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_FILENAME)
-        write_tokenizer_config(directory, self.name, {"modality": self.modality, "config": asdict(self.config)})
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> ImageTokenizer:
-        directory = Path(directory)
-        saved = read_tokenizer_config(directory)
-        if saved["type"] != cls.name:
-            raise ConfigError(f"{directory}: holds a {saved['type']!r} tokenizer, not {cls.name!r}")
-        config = ImageTokenizerConfig.from_dict(saved.get("config", {}))
-        model = ImageAutoencoder(config)
-        try:
-            model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME)))
-        except (OSError, RuntimeError, SafetensorError) as exc:
-            raise ConfigError(f"{directory / WEIGHTS_FILENAME}: cannot load image tokenizer weights ({exc})") from exc
-        return cls(config, model)
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -346,22 +306,10 @@ def _batches(
 ) -> Iterator[torch.Tensor]:
     """Endless batches, each at one bucket size chosen at random (all sizes get trained)."""
     rng = np.random.default_rng(seed)
-    stream = _cycle(images, rng)
+    stream = cycle_examples(images, rng, "image")
     while True:
         side = int(rng.choice(config.buckets))
         yield torch.stack([to_tensor(next(stream), side) for _ in range(batch_size)])
-
-
-def _cycle(images: Iterable[Image], rng: np.random.Generator) -> Iterator[Image]:
-    """A list is reshuffled and repeated every epoch; any other iterable is read once, as a stream."""
-    if isinstance(images, Sequence):
-        if not images:
-            raise ConfigError("image tokenizer training got no images")
-        while True:
-            for index in rng.permutation(len(images)):
-                yield images[int(index)]
-    yield from images
-    raise ConfigError("the image stream ran out before training ended: pass a list, or a longer stream")
 
 
 __all__ = ["ImageTokenizer", "ImageTokenizerConfig", "base", "debug", "evaluate_psnr", "list_presets", "preset", "tiny"]

@@ -1,0 +1,90 @@
+"""What the learned (autoencoder) tokenizers share: saving, loading, strict configs, data cycling.
+
+A saved neural tokenizer is a folder with ``tokenizer_config.json`` (registry type, modality and
+the typed config) and ``model.safetensors`` (the EMA weights). Knows nothing of images or audio.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from polymodal.errors import ConfigError
+from polymodal.tokenizers import read_tokenizer_config, write_tokenizer_config
+
+WEIGHTS_FILENAME = "model.safetensors"
+T = TypeVar("T")
+Self = TypeVar("Self", bound="NeuralTokenizer")
+
+
+def config_from_dict(config_cls: type[T], data: dict, what: str) -> T:
+    """Build a config dataclass from saved JSON; unknown keys are an error, never ignored."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} config: expected a JSON object, got {type(data).__name__}")
+    unknown = set(data) - set(config_cls.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{what} config: unknown keys {sorted(unknown)}")
+    return config_cls(**data)
+
+
+def cycle_examples(items: Iterable[T], rng: np.random.Generator, what: str) -> Iterator[T]:
+    """A list is reshuffled and repeated every epoch; any other iterable is read once, as a stream."""
+    if isinstance(items, Sequence):
+        if not items:
+            raise ConfigError(f"{what} training got no examples")
+        while True:
+            for index in rng.permutation(len(items)):
+                yield items[int(index)]
+    yield from items
+    raise ConfigError(f"the {what} stream ran out before training ended: pass a list, or a longer stream")
+
+
+class NeuralTokenizer:
+    """Base of the image and audio tokenizers: a typed config plus an autoencoder with an FSQ quantizer."""
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    config_cls: ClassVar[type]
+    model_cls: ClassVar[type[nn.Module]]
+
+    def __init__(self, config: Any, model: nn.Module | None = None) -> None:
+        self.config = config
+        self.model = (model or self.model_cls(config)).eval()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.quantizer.codebook_size
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the weights, then the config (each atomically); the config names the weights' shape."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        tmp = directory / f".{WEIGHTS_FILENAME}.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, directory / WEIGHTS_FILENAME)
+        write_tokenizer_config(directory, self.name, {"modality": self.modality, "config": asdict(self.config)})
+
+    @classmethod
+    def load(cls: type[Self], directory: str | os.PathLike) -> Self:
+        directory = Path(directory)
+        saved = read_tokenizer_config(directory)
+        if saved["type"] != cls.name:
+            raise ConfigError(f"{directory}: holds a {saved['type']!r} tokenizer, not {cls.name!r}")
+        config = config_from_dict(cls.config_cls, saved.get("config", {}), f"{directory} {cls.modality} tokenizer")
+        model = cls.model_cls(config)
+        try:
+            model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME)))
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            raise ConfigError(
+                f"{directory / WEIGHTS_FILENAME}: cannot load {cls.modality} tokenizer weights ({exc})"
+            ) from exc
+        return cls(config, model)
