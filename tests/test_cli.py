@@ -33,12 +33,14 @@ def test_tokenize_sample_reports_every_part():
     report = json.loads(result.output)
     assert [p["modality"] for p in report["parts"]] == ["text", "image", "text", "audio"]
     codec = DocumentTokenizer.load(default_vocabulary_dir())
-    first_text = sample_document().parts[0]
-    expected = codec.encode(Document.of(first_text), add_bos=False, add_eos=False)
-    assert report["parts"][0]["num_tokens"] == len(expected)
-    assert report["parts"][0]["first_ids"] == expected.ids[:4].tolist()
+    for reported, part in zip(report["parts"], sample_document().parts, strict=True):
+        expected = codec.encode(Document.of(part), add_bos=False, add_eos=False)
+        assert reported["problem"] is None
+        assert reported["num_tokens"] == len(expected)
+        assert reported["first_ids"] == expected.ids[:4].tolist()
+    assert report["total_tokens"] == len(codec.encode(sample_document()))
     assert report["parts"][1]["details"] == "64x64 px"
-    assert "no image tokenizer" in report["parts"][1]["problem"]
+    assert report["parts"][3]["num_tokens"] == 2 + 13  # 0.5 s at 25 codes/s, padded to 13, plus delimiters
     assert report["parts"][3]["details"].startswith("0.50 s @ 16000 Hz")
 
 
@@ -92,7 +94,9 @@ def test_train_build_and_use_a_vocabulary(tmp_path):
 def test_shipped_vocabularies():
     assert list_vocabularies() == ["default"]
     codec = DocumentTokenizer.load(default_vocabulary_dir())
-    assert codec.vocab.range("text").size == codec.tokenizer("text").vocab_size
+    for modality in ("text", "image", "audio"):
+        assert codec.vocab.range(modality).size == codec.tokenizer(modality).vocab_size
+    assert codec.vocab.grids == ((4, 4), (8, 8), (16, 16))
     assert codec.decode(codec.encode(Document.of("Any text, 任何文字 🙂"))).parts[0].text == "Any text, 任何文字 🙂"
 
 

@@ -671,3 +671,24 @@ def test_video_frames_form_respects_frame_limit(tmp_path):
     obj = {"parts": [{"type": "video", "frames": [{"time": 0, "path": "f.png"}] * 3, "audio": None}]}
     with pytest.raises(MediaTooLargeError, match="max_video_frames"):
         Document.from_json(obj, base_dir=tmp_path, limits=MediaLimits(max_video_frames=2))
+
+
+def test_video_written_as_mp4_reads_back_with_its_sound():
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 220)]
+    frames = tuple(
+        VideoFrame(float(k), Image.from_array(np.full((32, 32, 3), c, dtype=np.uint8))) for k, c in enumerate(colours)
+    )
+    t = np.arange(3 * 16_000) / 16_000
+    track = Audio((0.4 * np.sin(2 * np.pi * 440 * t) * (t >= 1.0)).astype(np.float32), 16_000)
+    data = Video(frames, track, 3.0).to_mp4_bytes()
+    assert data[4:8] == b"ftyp"
+    back = Video.from_bytes(data, name="roundtrip.mp4", fps=1.0)
+    assert back.num_frames == 3 and [round(f.time) for f in back.frames] == [0, 1, 2]
+    for frame, colour in zip(back.frames, colours, strict=True):
+        assert np.abs(frame.image.to_array().astype(int).mean(axis=(0, 1)) - colour).max() < 12
+    assert back.audio is not None and back.audio.duration == pytest.approx(3.0, abs=0.1)
+    wave = back.audio.to_mono().waveform[0]
+    rate = back.audio.sample_rate
+    assert rms(wave[: int(0.8 * rate)]) < 0.02 < rms(wave[int(1.2 * rate) : int(2.8 * rate)])
+    with pytest.raises(ConfigError, match="closer together"):
+        Video((VideoFrame(0.0, frames[0].image), VideoFrame(0.1, frames[1].image)), None, 1.0).to_mp4_bytes(fps=1)

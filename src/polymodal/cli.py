@@ -229,6 +229,9 @@ def train_image(
     batch_size: BatchOption = 16,
     lr: LrOption = 2e-3,
     seed: SeedOption = 0,
+    corpus_images: Annotated[
+        int, typer.Option(help="Shapes-world scenes to train on (without SOURCES).", min=2)
+    ] = 4000,
 ) -> None:
     """Train the image tokenizer (autoencoder + FSQ) and report held-out PSNR."""
     from polymodal.tokenizers import image
@@ -243,8 +246,11 @@ def train_image(
         eval_every=max(1, steps // 4),
         progress=sys.stderr.isatty(),
     )
-    _train_media(image, image.ImageTokenizer, sources or [], out, preset, train,
-                 lambda config: image_data(sources or [], side=config.buckets[-1], seed=seed))  # fmt: skip
+
+    def data(config):
+        return image_data(sources or [], side=config.buckets[-1], seed=seed, corpus_images=corpus_images)
+
+    _train_media(image, image.ImageTokenizer, sources or [], out, preset, train, data)
 
 
 @train_app.command("audio")

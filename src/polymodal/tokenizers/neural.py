@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polymodal.errors import ConfigError
+from polymodal.files import default_file_mode
 from polymodal.tokenizers import read_tokenizer_config, write_tokenizer_config
 
 WEIGHTS_FILENAME = "model.safetensors"
@@ -70,6 +71,7 @@ class NeuralTokenizer:
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
         tmp = directory / f".{WEIGHTS_FILENAME}.tmp"
         save_file(state, str(tmp))
+        os.chmod(tmp, default_file_mode())  # safetensors may create it 0600
         os.replace(tmp, directory / WEIGHTS_FILENAME)
         write_tokenizer_config(directory, self.name, {"modality": self.modality, "config": asdict(self.config)})
 

@@ -52,16 +52,17 @@ def _split_held_out(items: list, held_out: int) -> tuple[list, list]:
 
 
 def image_data(
-    sources: Sequence[str | os.PathLike], *, side: int, seed: int, held_out: int = 64
+    sources: Sequence[str | os.PathLike], *, side: int, seed: int, held_out: int = 64, corpus_images: int = 4000
 ) -> tuple[Iterable[Image], list[Image]]:
-    """User images (a list, held-out split off) or an endless stream of shapes-world scenes."""
+    """User images (a list, held-out split off) or a pool of shapes-world scenes rendered once."""
     if sources:
         images = [Image.open(p) for p in find_files(sources, IMAGE_SUFFIXES)]
         return _split_held_out(images, held_out)
     from polymodal.data.shapes import iter_scene_images
 
-    valid = list(iter_scene_images(seed, size=side, count=held_out, split="valid"))
-    return iter_scene_images(seed, size=side, split="train"), valid
+    # Rendering a scene costs more than a training step on it: render a pool once and cycle it.
+    train = list(itertools.islice(iter_scene_images(seed, size=side, split="train"), corpus_images))
+    return train, list(iter_scene_images(seed, size=side, count=held_out, split="valid"))
 
 
 def audio_data(
