@@ -1,0 +1,235 @@
+"""The native multimodal transformer: one Llama-shaped decoder over the unified vocabulary.
+
+RMSNorm, SwiGLU feed-forward (optionally one per modality), grouped-query attention through
+``scaled_dot_product_attention`` (FlashAttention on GPU, a math kernel on CPU), the time-aligned
+3-axis rotary embedding of DESIGN.md, optional tied embeddings, one head over the whole vocabulary,
+and a preallocated KV cache for decoding.
+
+Written for one device: data/model parallelism and compilation are applied from outside
+(``train/parallelize.py``). It sees only ids, modalities and positions — no tokenizer, no media.
+
+Shape legend: B batch, L new tokens, S cached + new tokens, D model width, N query heads,
+K key/value heads, H head dim, V vocabulary, M modalities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polymodal.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()  # the statistics in fp32 whatever the compute dtype
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class MultiAxisRotary(nn.Module):
+    """Rotary embedding whose frequency pairs are split between the t, h and w position axes.
+
+    Pair i keeps its standard frequency ``theta^(-2i/H)`` but turns with the position of the axis
+    its section belongs to; where t = h = w (text) this is exactly 1-D RoPE, which is why a
+    pretrained Llama's weights work unchanged on text.
+    """
+
+    def __init__(self, head_dim: int, theta: float, sections: tuple[int, int, int]) -> None:
+        super().__init__()
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        axis = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.register_buffer("axis", axis, persistent=False)
+
+    def forward(self, positions_BL3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[B, 1, L, H]`` for positions ``[B, L, 3]``."""
+        pos_BLP = positions_BL3.float()[..., self.axis]  # the axis that drives each pair
+        freqs = pos_BLP * self.inv_freq
+        emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rotary(x_BNLH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x_BNLH * cos + rotate_half(x_BNLH) * sin).type_as(x_BNLH)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, plus which cached slots are real (not padding)."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int | None = None, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+        self.max_len = max_len or config.max_seq_len
+        shape = (config.n_layers, batch_size, config.n_kv_heads, self.max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, self.max_len, device=device, dtype=torch.bool)
+        self.length = 0
+
+    def write(self, layer: int, k_BKLH: torch.Tensor, v_BKLH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values after the cached ones; return all of them ``[B, K, S, H]``."""
+        end = self.length + k_BKLH.shape[2]
+        self.k[layer, :, :, self.length : end] = k_BKLH
+        self.v[layer, :, :, self.length : end] = v_BKLH
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(self, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int) -> torch.Tensor:  # fmt: skip
+        B, L, _ = x_BLD.shape
+        q = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        return self.wo(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class ModalityExperts(nn.Module):
+    """One feed-forward per modality, chosen by each token's modality: hard routing, no balancing loss."""
+
+    def __init__(self, dim: int, hidden: int, num_modalities: int) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(FeedForward(dim, hidden) for _ in range(num_modalities))
+
+    def forward(self, x_BLD: torch.Tensor, modality_BL: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x_BLD)
+        for index, expert in enumerate(self.experts):
+            chosen = modality_BL == index
+            if chosen.any():
+                out[chosen] = expert(x_BLD[chosen])
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        if config.modality_experts:
+            self.ffn: nn.Module = ModalityExperts(config.dim, config.ffn_dim, config.num_modalities)
+        else:
+            self.ffn = FeedForward(config.dim, config.ffn_dim)
+
+    def forward(self, x, cos, sin, mask, cache, layer, modality):  # noqa: ANN001 (see Transformer.forward)
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer)
+        h = self.ffn_norm(x)
+        return x + (self.ffn(h, modality) if isinstance(self.ffn, ModalityExperts) else self.ffn(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.rotary = MultiAxisRotary(config.head_dim, config.rope_theta, config.sections)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) everywhere; residual output projections scaled down by sqrt(2 · layers) (GPT-2)."""
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)  # RMSNorm gains
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(p, std=0.02)
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.embed.weight.numel() if exclude_embeddings else total
+
+    def forward(
+        self,
+        ids_BL: torch.Tensor,
+        positions_BL3: torch.Tensor,
+        modality_BL: torch.Tensor | None = None,
+        attention_mask_BL: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, L, V]``.
+
+        ``attention_mask_BL`` marks real tokens (False on padding). With a ``cache``, the new tokens
+        attend to everything cached so far and are appended to it.
+        """
+        if self.config.modality_experts and modality_BL is None:
+            raise ValueError("a model with modality_experts needs each token's modality")
+        B, L = ids_BL.shape
+        cos, sin = self.rotary(positions_BL3)
+        mask = self._mask(B, L, attention_mask_BL, cache, ids_BL.device)
+        x = self.embed(ids_BL)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, index, modality_BL)
+        if cache is not None:
+            cache.length += L
+        x = self.norm(x)
+        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+
+    @staticmethod
+    def _mask(B: int, L: int, attention_mask_BL: torch.Tensor | None, cache: KVCache | None,
+              device: torch.device) -> torch.Tensor | None:  # fmt: skip
+        """A boolean ``[B, 1, L, S]`` mask (True = may attend), or None for the plain causal fast path."""
+        if cache is None and attention_mask_BL is None:
+            return None
+        past = cache.length if cache is not None else 0
+        S = past + L
+        if cache is not None:
+            if S > cache.max_len:
+                raise ValueError(f"KV cache holds {cache.max_len} tokens; {S} were asked for")
+            new = (
+                attention_mask_BL
+                if attention_mask_BL is not None
+                else torch.ones(B, L, dtype=torch.bool, device=device)
+            )
+            cache.valid[:, past:S] = new
+            keys_valid = cache.valid[:, :S]
+        else:
+            keys_valid = attention_mask_BL
+        causal = torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=past)
+        mask = causal.unsqueeze(0) & keys_valid[:, None, :]
+        # A padded query row with no key to attend would make SDPA return NaN: let it see itself.
+        rows = torch.arange(L, device=device)
+        mask[:, rows, past + rows] = True
+        return mask.unsqueeze(1)

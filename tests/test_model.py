@@ -1,0 +1,155 @@
+import pytest
+import torch
+
+from polymodal.errors import ConfigError
+from polymodal.model import KVCache, ModelConfig, Transformer, list_presets, preset
+from polymodal.model import config as C
+from polymodal.model.transformer import MultiAxisRotary
+
+VOCAB = 300
+
+
+def batch(B: int = 2, L: int = 12, vocab: int = VOCAB, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, L), generator=g)
+    pos = torch.arange(L).view(1, L, 1).expand(B, L, 3).clone()
+    modality = torch.randint(0, 4, (B, L), generator=g)
+    return ids, pos, modality
+
+
+@pytest.mark.parametrize("experts", [False, True])
+def test_debug_preset_forward_backward_every_parameter_gets_a_gradient(experts):
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", VOCAB, modality_experts=experts))
+    ids, pos, modality = batch()
+    logits = model(ids, pos, modality)
+    assert logits.shape == (2, 12, VOCAB) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1)).backward()
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_builds_with_its_documented_size(name):
+    config = preset(name, 49_152)
+    # count analytically (building 1b on a CI machine is slow but the formula is the model's own)
+    d, f, layers, kv = config.dim, config.ffn_dim, config.n_layers, config.n_kv_heads * config.head_dim
+    per_layer = d * d * 2 + 2 * d * kv + 3 * d * f + 2 * d
+    total = config.vocab_size * d + layers * per_layer + d
+    expected = {
+        "debug": (0, 5e6),
+        "tiny": (10e6, 25e6),
+        "small": (125e6, 145e6),
+        "base": (330e6, 380e6),
+        "1b": (1.1e9, 1.4e9),
+    }
+    low, high = expected[name]
+    assert low <= total <= high, f"{name}: {total / 1e6:.1f}M parameters"
+    if name in ("debug", "tiny"):
+        assert Transformer(config).num_parameters() == total
+
+
+def test_preset_and_config_errors():
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        preset("huge", VOCAB)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        preset("debug", VOCAB, n_expertz=3)
+    with pytest.raises(ConfigError, match="not divisible"):
+        ModelConfig(vocab_size=10, dim=65, n_heads=4, n_kv_heads=2)
+    with pytest.raises(ConfigError, match="rope_sections"):
+        ModelConfig(vocab_size=10, dim=64, n_heads=4, n_kv_heads=2, rope_sections=(4, 4, 4))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ModelConfig.from_dict({**C.debug(VOCAB).to_dict(), "dropout": 0.1})
+    assert ModelConfig.from_dict(C.debug(VOCAB).to_dict()) == C.debug(VOCAB)
+
+
+def test_multi_axis_rotary_reduces_to_1d_rope_on_text():
+    rotary = MultiAxisRotary(16, 10_000.0, (4, 2, 2))
+    text = torch.arange(5).view(1, 5, 1).expand(1, 5, 3)
+    cos, sin = rotary(text)
+    inv = 10_000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    freqs = torch.arange(5, dtype=torch.float64)[:, None] * inv
+    expected = torch.cat([freqs, freqs], -1)
+    torch.testing.assert_close(cos[0, 0].double(), expected.cos(), atol=1e-6, rtol=0)
+    # an image token: the h and w sections turn with their own axes
+    cos_img, _ = rotary(torch.tensor([[[3, 5, 7]]]))
+    assert torch.allclose(cos_img[0, 0, 0, :4], (3 * inv[:4]).cos().float())
+    assert torch.allclose(cos_img[0, 0, 0, 4:6], (5 * inv[4:6]).cos().float())
+    assert torch.allclose(cos_img[0, 0, 0, 6:8], (7 * inv[6:8]).cos().float())
+
+
+def test_positions_matter_beyond_order():
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", VOCAB)).eval()
+    ids, pos, _ = batch(B=1)
+    moved = pos.clone()
+    moved[0, 5:, 1] += 3  # same order, different h of later tokens
+    with torch.no_grad():
+        a, b = model(ids, pos), model(ids, moved)
+    torch.testing.assert_close(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+@pytest.mark.parametrize("experts", [False, True])
+def test_cached_decoding_matches_full_forward(experts):
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", VOCAB, modality_experts=experts)).eval()
+    ids, pos, modality = batch(B=2, L=10)
+    with torch.no_grad():
+        full = model(ids, pos, modality)
+        cache = KVCache(model.config, batch_size=2, max_len=16)
+        prefix = model(ids[:, :6], pos[:, :6], modality[:, :6], cache=cache)
+        steps = [model(ids[:, i : i + 1], pos[:, i : i + 1], modality[:, i : i + 1], cache=cache) for i in range(6, 10)]
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 10
+    with pytest.raises(ValueError, match="KV cache holds 16"):
+        model(torch.zeros(2, 7, dtype=torch.long), torch.zeros(2, 7, 3, dtype=torch.long), modality[:, :7], cache=cache)
+
+
+def test_left_padded_batch_equals_one_by_one():
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", VOCAB)).eval()
+    short_ids, short_pos, _ = batch(B=1, L=5, seed=1)
+    long_ids, long_pos, _ = batch(B=1, L=9, seed=2)
+    ids = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short_ids], 1), long_ids])
+    pos = torch.cat([torch.cat([torch.zeros(1, 4, 3, dtype=torch.long), short_pos], 1), long_pos])
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, :4] = False
+    with torch.no_grad():
+        together = model(ids, pos, attention_mask_BL=mask)
+        alone_short, alone_long = model(short_ids, short_pos), model(long_ids, long_pos)
+        # and the same when decoding one more token through the cache
+        cache = KVCache(model.config, batch_size=2, max_len=12)
+        model(ids, pos, attention_mask_BL=mask, cache=cache)
+        nxt = torch.tensor([[7], [8]])
+        step = model(nxt, torch.stack([short_pos[0, -1] + 1, long_pos[0, -1] + 1]).view(2, 1, 3), cache=cache)
+        ref_short = model(torch.cat([short_ids, nxt[:1]], 1), torch.cat([short_pos, (short_pos[:, -1:] + 1)], 1))
+    assert torch.isfinite(together).all()
+    torch.testing.assert_close(together[0, 4:], alone_short[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together[1], alone_long[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step[0, 0], ref_short[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_experts_route_by_modality():
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", VOCAB, modality_experts=True)).eval()
+    ids, pos, modality = batch(B=1)
+    changed = modality.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % 4
+    with torch.no_grad():
+        a, b = model(ids, pos, modality), model(ids, pos, changed)
+    torch.testing.assert_close(a[:, :-1], b[:, :-1])  # causal: earlier tokens unaffected
+    assert not torch.allclose(a[:, -1], b[:, -1])
+    with pytest.raises(ValueError, match="modality"):
+        model(ids, pos)
+
+
+def test_tied_and_untied_heads():
+    tied = Transformer(preset("debug", VOCAB))
+    untied = Transformer(preset("debug", VOCAB, tie_embeddings=False))
+    assert tied.head is None and untied.head is not None
+    assert untied.num_parameters() - tied.num_parameters() == VOCAB * tied.config.dim
