@@ -28,11 +28,20 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def default_file_mode() -> int:
-    """The mode a plainly created file gets under the current umask (usually 0644)."""
+def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
-    return 0o666 & ~current
+    return current
+
+
+def default_file_mode() -> int:
+    """The mode a plainly created file gets under the current umask (usually 0644)."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """The mode a plainly created folder gets under the current umask (usually 0755)."""
+    return 0o777 & ~_umask()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

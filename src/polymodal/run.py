@@ -1,0 +1,129 @@
+"""A run directory: everything needed to use a trained model, saved and loaded as one unit.
+
+Layout::
+
+    RUN/
+      run.json            model config, the directions the run supports, format version
+      vocab.json          the unified vocabulary
+      tokenizers/<mod>/   each modality tokenizer
+      model.safetensors   the weights
+
+Saving is atomic for the whole folder: it is written beside the target and renamed into place, so
+an interrupted save leaves the previous run intact. A run declares its *directions* (e.g.
+``"image->text"``); generation refuses the directions a run never learned instead of producing
+garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from polymodal.errors import ConfigError
+from polymodal.files import default_dir_mode, default_file_mode, write_text_atomic
+from polymodal.model.config import ModelConfig
+from polymodal.model.transformer import Transformer
+from polymodal.tokenizers.document import DocumentTokenizer
+
+RUN_FILENAME = "run.json"
+WEIGHTS_FILENAME = "model.safetensors"
+FORMAT_VERSION = 1
+MODALITIES = ("text", "image", "audio", "video")
+
+
+def parse_direction(direction: str) -> tuple[frozenset[str], str]:
+    """``"image+text->text"`` → ({"image", "text"}, "text"), with clear errors for anything else."""
+    inputs, sep, output = direction.partition("->")
+    names = {name.strip() for name in inputs.split("+") if name.strip()}
+    if not sep or not names or output.strip() not in MODALITIES or not names <= set(MODALITIES):
+        raise ConfigError(
+            f"direction {direction!r} must look like 'image->text' or 'audio+text->text' with modalities "
+            f"from {', '.join(MODALITIES)}"
+        )
+    return frozenset(names), output.strip()
+
+
+@dataclass
+class Run:
+    model: Transformer
+    tokenizer: DocumentTokenizer
+    directions: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        self.directions = tuple(sorted(set(self.directions)))
+        for direction in self.directions:
+            parse_direction(direction)
+        if self.model.config.vocab_size != self.tokenizer.vocab.size:
+            raise ConfigError(
+                f"the model has {self.model.config.vocab_size} ids but the vocabulary {self.tokenizer.vocab.size}"
+            )
+
+    def supports(self, inputs: Iterable[str], output: str) -> bool:
+        """Whether some declared direction covers these input modalities and this output."""
+        wanted = set(inputs)
+        return any(out == output and wanted <= ins for ins, out in map(parse_direction, self.directions))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory).absolute()
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.tokenizer.save(staging)
+            state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+            save_file(state, str(staging / WEIGHTS_FILENAME))
+            os.chmod(staging / WEIGHTS_FILENAME, default_file_mode())
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "model": self.model.config.to_dict(),
+                "directions": list(self.directions),
+            }
+            write_text_atomic(staging / RUN_FILENAME, json.dumps(meta, indent=2) + "\n")
+            os.chmod(staging, default_dir_mode())  # mkdtemp makes it 0700
+            _swap_in(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> Run:
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / RUN_FILENAME).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{directory}: not a polymodal run (no {RUN_FILENAME})") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{directory / RUN_FILENAME}: not valid JSON ({exc})") from exc
+        unknown = set(meta) - {"format_version", "model", "directions"}
+        if unknown or meta.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(
+                f"{directory / RUN_FILENAME}: unknown keys {sorted(unknown)} or unsupported format version"
+            )
+        model = Transformer(ModelConfig.from_dict(meta["model"]))
+        try:
+            model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME), device=str(device)))
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            raise ConfigError(f"{directory / WEIGHTS_FILENAME}: cannot load the weights ({exc})") from exc
+        return cls(model.to(device).eval(), DocumentTokenizer.load(directory), tuple(meta.get("directions", ())))
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Replace ``directory`` by ``staging`` with renames only; the old run survives any failure before."""
+    if not directory.exists():
+        os.replace(staging, directory)
+        return
+    if not (directory / RUN_FILENAME).exists():
+        raise ConfigError(f"{directory} exists and is not a polymodal run: refusing to replace it")
+    retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    os.replace(directory, retired)
+    os.replace(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
