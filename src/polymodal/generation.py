@@ -1,0 +1,380 @@
+"""Any-to-any generation: prompts of any mix of parts in, text, an image or audio out.
+
+``generate(run, prompts, output=...)`` tokenizes the prompts, decodes with a KV cache, and masks
+every step's logits with a *modality grammar* so that the output always decodes:
+
+* ``text``: text ids only, until ``<|end|>`` / ``<|eos|>``, a stop string or the token limit;
+* ``image``: ``<|image|>``, one of the vocabulary's grid tokens, exactly H×W image codes, ``<|/image|>``;
+* ``audio``: ``<|audio|>``, at least one audio code, more until ``<|/audio|>`` or the length cap.
+
+Image and audio can use classifier-free guidance: the prompt with and without its conditioning run
+as one batch and the logits are mixed ``uncond + scale · (cond − uncond)``. Positions of generated
+tokens follow the same rules as :mod:`polymodal.positions`, so the output re-encodes identically.
+
+``stream(...)`` yields events (text deltas, a finished image or audio clip, the end) for servers.
+Knows nothing of HTTP or files: it returns content parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from polymodal import positions as P
+from polymodal import vocab as V
+from polymodal.content import Document, Part, Text
+from polymodal.errors import ConfigError, PolymodalError
+from polymodal.model.transformer import KVCache
+from polymodal.run import Run
+from polymodal.tokenizers.document import part_modality
+from polymodal.tokenizers.sequence import TokenSequence, pad_batch
+from polymodal.vocab import Vocabulary
+
+Output = Literal["text", "image", "audio"]
+
+
+class DirectionNotSupportedError(PolymodalError):
+    """The run never learned to produce this output from these inputs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    max_new_tokens: int = 256  # text: new tokens; image: ignored (the grid fixes it); audio: see below
+    max_audio_seconds: float = 10.0
+    temperature: float = 1.0  # 0: greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    guidance_scale: float = 1.0  # classifier-free guidance for image/audio; 1: off
+    grid: tuple[int, int] | None = None  # force an image grid (else the model chooses among the vocabulary's)
+    stop: tuple[str, ...] = ()  # text stop strings (not included in the output)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0 or self.guidance_scale < 0:
+            raise ConfigError("sampling: max_new_tokens >= 1, temperature >= 0 and guidance_scale >= 0 are required")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling: top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"sampling: top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class Generation:
+    part: Part
+    ids: list[int]  # the generated ids, delimiters included
+    finish_reason: str  # "stop", "length" or "complete" (a media span closed)
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class PartDone:
+    index: int
+    part: Part
+
+
+@dataclass(frozen=True)
+class Finished:
+    index: int
+    generation: Generation
+
+
+Event = TextDelta | PartDone | Finished
+
+
+# -- the modality grammar ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """Per-prompt decoding state: what the grammar allows next, and where the next token sits."""
+
+    output: Output
+    index: int  # running position index for the next token
+    ids: list[int] = field(default_factory=list)
+    grid: tuple[int, int] | None = None
+    media_start: int = 0  # position of the first code of the current media span
+    codes: int = 0
+    done: bool = False
+    finish_reason: str = "length"
+
+
+class Grammar:
+    """Which ids may come next for each output kind; positions of the tokens that do."""
+
+    def __init__(self, vocab: Vocabulary, sampling: SamplingConfig, audio_rate: float | None) -> None:
+        self.vocab, self.sampling = vocab, sampling
+        self.audio_rate = audio_rate
+        size = vocab.size
+        self.text_mask = torch.zeros(size, dtype=torch.bool)
+        if vocab.has_modality("text"):
+            r = vocab.range("text")
+            self.text_mask[r.start : r.stop] = True
+        self.text_mask[[vocab.special_id(V.END_OF_TURN), vocab.eos_id]] = True
+        self.grid_ids = {vocab.grid_id(*g): g for g in vocab.grids}
+        if sampling.grid is not None:
+            if sampling.grid not in vocab.grids:
+                raise ConfigError(f"grid {sampling.grid} has no grid token in this vocabulary ({vocab.grids})")
+            self.grid_ids = {vocab.grid_id(*sampling.grid): sampling.grid}
+
+    def _only(self, ids: Sequence[int]) -> torch.Tensor:
+        mask = torch.zeros(self.vocab.size, dtype=torch.bool)
+        mask[list(ids)] = True
+        return mask
+
+    def _range(self, modality: str) -> torch.Tensor:
+        r = self.vocab.range(modality)
+        mask = torch.zeros(self.vocab.size, dtype=torch.bool)
+        mask[r.start : r.stop] = True
+        return mask
+
+    def allowed(self, row: _Row) -> torch.Tensor:
+        if row.output == "text":
+            return self.text_mask
+        if row.output == "image":
+            if not row.ids:
+                return self._only([self.vocab.special_id(V.IMAGE_START)])
+            if row.grid is None:
+                return self._only(list(self.grid_ids))
+            if row.codes < row.grid[0] * row.grid[1]:
+                return self._range("image")
+            return self._only([self.vocab.special_id(V.IMAGE_END)])
+        if not row.ids:
+            return self._only([self.vocab.special_id(V.AUDIO_START)])
+        cap = max(1, int(self.sampling.max_audio_seconds * (self.audio_rate or 25.0)))
+        if row.codes >= cap:
+            return self._only([self.vocab.special_id(V.AUDIO_END)])
+        mask = self._range("audio")
+        if row.codes > 0:
+            mask[self.vocab.special_id(V.AUDIO_END)] = True
+        return mask
+
+    def position(self, row: _Row, token: int) -> list[int]:
+        """The (t, h, w) of ``token`` placed next in ``row`` (before the row is advanced)."""
+        if row.output == "image" and row.grid is not None and row.codes < row.grid[0] * row.grid[1]:
+            h, w = divmod(row.codes, row.grid[1])
+            p = row.media_start
+            return [p, p + h, p + w]
+        if row.output == "audio" and row.ids and token != self.vocab.special_id(V.AUDIO_END):
+            t = row.media_start + int(
+                P.seconds_to_units(row.codes / (self.audio_rate or 25.0), self.vocab.time_units_per_second)
+            )
+            return [t, t, t]
+        return [row.index] * 3
+
+    def advance(self, row: _Row, token: int, position: list[int]) -> None:
+        row.ids.append(token)
+        row.index = max(row.index, max(position) + 1)
+        if row.output == "text":
+            if token in (self.vocab.eos_id, self.vocab.special_id(V.END_OF_TURN)):
+                row.done, row.finish_reason = True, "stop"
+            return
+        if token in self.grid_ids:
+            row.grid = self.grid_ids[token]
+            row.media_start = row.index
+        elif token == self.vocab.special_id(V.AUDIO_START):
+            row.media_start = row.index
+        elif token in (self.vocab.special_id(V.IMAGE_END), self.vocab.special_id(V.AUDIO_END)):
+            row.done, row.finish_reason = True, "complete"
+        elif row.ids[0] != token:
+            row.codes += 1
+
+
+# -- sampling ----------------------------------------------------------------------------------------
+
+
+def sample(logits_BV: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """One id per row from masked logits (``-inf`` where not allowed)."""
+    if sampling.temperature == 0:
+        return logits_BV.argmax(dim=-1)
+    logits = logits_BV / sampling.temperature
+    if sampling.top_k is not None:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass
+        drop = probs.cumsum(dim=-1) - probs > sampling.top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.float().softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+
+
+def _check_direction(run: Run, prompt: Document, output: Output) -> None:
+    inputs = {part_modality(p) for p in prompt.parts} or {"text"}
+    if not run.supports(inputs, output):
+        raise DirectionNotSupportedError(
+            f"this run was not trained for {'+'.join(sorted(inputs))}->{output} "
+            f"(it declares: {', '.join(run.directions) or 'nothing'}); pass check_direction=False to try anyway"
+        )
+
+
+def _prompt_sequence(run: Run, prompt: Document) -> TokenSequence:
+    return run.tokenizer.encode(prompt, add_generation_prompt=prompt.is_chat, add_eos=False)
+
+
+def _unconditional(run: Run, prompt: Document) -> TokenSequence:
+    # What the model saw when conditioning was dropped in training: the bare frame of the prompt.
+    empty = Document.chat(("user", "")) if prompt.is_chat else None
+    if empty is None:
+        return run.tokenizer.encode(Document.of(""), add_eos=False)
+    return run.tokenizer.encode(empty, add_generation_prompt=True, add_eos=False)
+
+
+def stream(
+    run: Run,
+    prompts: Sequence[Document],
+    *,
+    output: Output = "text",
+    sampling: SamplingConfig | None = None,
+    check_direction: bool = True,
+    use_cache: bool = True,
+) -> Iterator[Event]:
+    """Decode a batch of prompts, yielding text deltas as they come and each part when it is done."""
+    sampling = sampling or SamplingConfig()
+    if output not in ("text", "image", "audio"):
+        raise ConfigError(f"output must be 'text', 'image' or 'audio', got {output!r}")
+    if not prompts:
+        return
+    if check_direction:
+        for prompt in prompts:
+            _check_direction(run, prompt, output)
+    model, vocab = run.model, run.tokenizer.vocab
+    device = next(model.parameters()).device
+    audio_rate = run.tokenizer.tokenizer("audio").tokens_per_second if output == "audio" else None
+    grammar = Grammar(vocab, sampling, audio_rate)
+    sequences = [_prompt_sequence(run, p) for p in prompts]
+    guided = output != "text" and sampling.guidance_scale != 1.0
+    if guided:
+        sequences += [_unconditional(run, p) for p in prompts]
+    B = len(prompts)
+    starts = [P.next_index(0, s.positions) for s in sequences]
+    rows = [_Row(output, index=starts[b]) for b in range(B)]
+    uncond_starts = starts[B:]
+    budget = sampling.max_new_tokens if output == "text" else _media_budget(vocab, sampling, audio_rate, output)
+    batch = pad_batch(sequences, vocab.pad_id, side="left").to(device)
+    dtype = next(model.parameters()).dtype
+    capacity = batch.ids.shape[1] + budget + 1
+    cache = KVCache(model.config, len(sequences), capacity, device=device, dtype=dtype) if use_cache else None
+    generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
+    ids_all, pos_all, mask_all, mod_all = batch.ids, batch.positions, batch.attention_mask, batch.modality
+    step_ids, step_pos, step_mask, step_mod = ids_all, pos_all, mask_all, mod_all
+    text_sent = [""] * B
+    with torch.no_grad():
+        for _ in range(budget):
+            if cache is not None:
+                logits = model(step_ids, step_pos, step_mod, step_mask, cache=cache)[:, -1]
+            else:
+                logits = model(ids_all, pos_all, mod_all, mask_all)[:, -1]
+            logits = logits.float().cpu()
+            if guided:
+                cond, uncond = logits[:B], logits[B:]
+                logits = uncond + sampling.guidance_scale * (cond - uncond)
+            allowed = torch.stack([grammar.allowed(r) for r in rows])
+            tokens = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)
+            new_pos = []
+            for b, row in enumerate(rows):
+                token = int(tokens[b]) if not row.done else vocab.pad_id
+                position = grammar.position(row, token) if not row.done else [row.index] * 3
+                if not row.done:
+                    grammar.advance(row, token, position)
+                    if output == "text":
+                        yield from _text_delta(run, b, row, text_sent, sampling)
+                new_pos.append(position)
+            if guided:  # the unconditional rows take the same tokens, shifted to their own positions
+                new_pos += [[v - starts[b] + uncond_starts[b] for v in new_pos[b]] for b in range(B)]
+                tokens = torch.cat([tokens, tokens])
+            if all(r.done for r in rows):
+                break
+            step_ids = tokens.view(-1, 1).to(device)
+            step_pos = torch.tensor(new_pos, dtype=torch.long).view(-1, 1, 3).to(device)
+            done = torch.tensor([r.done for r in rows] * (2 if guided else 1))
+            step_mask = (~done).view(-1, 1).to(device)
+            step_mod = vocab.modality_of(step_ids.cpu()).to(device)
+            ids_all = torch.cat([ids_all, step_ids], 1)
+            pos_all = torch.cat([pos_all, step_pos], 1)
+            mask_all = torch.cat([mask_all, step_mask], 1)
+            mod_all = torch.cat([mod_all, step_mod], 1)
+    for b, row in enumerate(rows):
+        generation = _finish(run, row, text_sent[b], sampling, len(sequences[b]))
+        if output != "text":
+            yield PartDone(b, generation.part)
+        yield Finished(b, generation)
+
+
+def _media_budget(vocab: Vocabulary, sampling: SamplingConfig, audio_rate: float | None, output: Output) -> int:
+    if output == "image":
+        grids = [sampling.grid] if sampling.grid else vocab.grids
+        return 3 + max(h * w for h, w in grids)
+    return 3 + max(1, int(sampling.max_audio_seconds * (audio_rate or 25.0)))
+
+
+def _visible_text(run: Run, row: _Row, sampling: SamplingConfig) -> tuple[str, bool]:
+    """The decoded text so far without special tokens, cut at the first stop string (and whether one hit)."""
+    text_range = run.tokenizer.vocab.range("text")
+    local = [i - text_range.start for i in row.ids if i in text_range]
+    text = run.tokenizer.tokenizer("text").decode_ids(local) if local else ""
+    cuts = [text.find(s) for s in sampling.stop if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def _text_delta(run: Run, b: int, row: _Row, sent: list[str], sampling: SamplingConfig) -> Iterator[TextDelta]:
+    text, stopped = _visible_text(run, row, sampling)
+    if stopped:
+        row.done, row.finish_reason = True, "stop"
+    # Hold back a trailing U+FFFD (half a multi-byte character) and any text that could still
+    # turn out to start a stop string.
+    safe = text.rstrip("\ufffd")
+    hold = max((len(s) - 1 for s in sampling.stop), default=0) if not row.done else 0
+    ready = safe[: max(len(sent[b]), len(safe) - hold)] if not row.done else text
+    if len(ready) > len(sent[b]) and ready.startswith(sent[b]):
+        yield TextDelta(b, ready[len(sent[b]) :])
+        sent[b] = ready
+
+
+def _finish(run: Run, row: _Row, sent: str, sampling: SamplingConfig, prompt_tokens: int) -> Generation:
+    if row.output == "text":
+        text, _ = _visible_text(run, row, sampling)
+        return Generation(Text(text), row.ids, row.finish_reason, prompt_tokens)
+    if not row.done:
+        raise PolymodalError(f"the {row.output} did not finish within its token budget")
+    part = run.tokenizer.decode(row.ids).parts[0]
+    return Generation(part, row.ids, row.finish_reason, prompt_tokens)
+
+
+def generate(
+    run: Run,
+    prompts: Document | Sequence[Document],
+    *,
+    output: Output = "text",
+    sampling: SamplingConfig | None = None,
+    check_direction: bool = True,
+    use_cache: bool = True,
+) -> list[Generation]:
+    """Generate one output per prompt (see the module docstring); returns them in prompt order."""
+    prompts = [prompts] if isinstance(prompts, Document) else list(prompts)
+    results: dict[int, Generation] = {}
+    for event in stream(
+        run, prompts, output=output, sampling=sampling, check_direction=check_direction, use_cache=use_cache
+    ):
+        if isinstance(event, Finished):
+            results[event.index] = event.generation
+    return [results[i] for i in range(len(prompts))]
+
+
+__all__ = [
+    "DirectionNotSupportedError", "Event", "Finished", "Generation", "Grammar", "PartDone",
+    "SamplingConfig", "TextDelta", "generate", "sample", "stream",
+]  # fmt: skip

@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+import toys
+from polymodal import vocab as V
+from polymodal.content import Audio, Document, Image, Text
+from polymodal.errors import ConfigError
+from polymodal.generation import DirectionNotSupportedError, Finished, SamplingConfig, TextDelta, generate, stream
+from polymodal.model import Transformer, preset
+from polymodal.run import Run
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.text import TextTokenizer
+
+DIRECTIONS = ("text->text", "text->image", "text->audio", "image+text->text", "audio+text->text")
+
+
+class FourGridImages(toys.ToyImageTokenizer):
+    grids = ((2, 2), (3, 3))
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    text = TextTokenizer.train(["draw a red circle and say hello, what is this? a square."] * 40, vocab_size=300)
+    codec = DocumentTokenizer.from_tokenizers([text, FourGridImages(), toys.ToyAudioTokenizer()])
+    torch.manual_seed(0)
+    return Run(Transformer(preset("debug", codec.vocab.size)).eval(), codec, DIRECTIONS)
+
+
+def red() -> Image:
+    return Image(PILImage.new("RGB", (8, 8), (255, 0, 0)))
+
+
+def prompts() -> list[Document]:
+    return [Document.of("draw a red circle"), Document.chat(("user", ["what is this?", red()])), Document.of("say")]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grammar_output_always_decodes(run, seed):
+    sampling = SamplingConfig(temperature=1.5, seed=seed, max_new_tokens=12, max_audio_seconds=0.4)
+    vocab = run.tokenizer.vocab
+    image_range, audio_range = vocab.range("image"), vocab.range("audio")
+    for g in generate(run, [Document.of("draw")], output="image", sampling=sampling):
+        names = [vocab.describe(i) for i in g.ids]
+        h, w = V.parse_grid_token(names[1])
+        assert names[0] == V.IMAGE_START and names[-1] == V.IMAGE_END and len(g.ids) == h * w + 3
+        assert all(i in image_range for i in g.ids[2:-1])
+        assert isinstance(g.part, Image) and g.part.size == (w, h) and g.finish_reason == "complete"
+    for g in generate(run, [Document.of("say")], output="audio", sampling=sampling):
+        assert vocab.describe(g.ids[0]) == V.AUDIO_START and vocab.describe(g.ids[-1]) == V.AUDIO_END
+        codes = g.ids[1:-1]
+        assert 1 <= len(codes) <= 10 and all(i in audio_range for i in codes)
+        assert isinstance(g.part, Audio) and g.part.duration == pytest.approx(len(codes) / 25)
+    for g in generate(run, prompts(), output="text", sampling=sampling, check_direction=False):
+        assert isinstance(g.part, Text)
+        assert all(i in vocab.range("text") or vocab.special_token(i) in (V.EOS, V.END_OF_TURN) for i in g.ids)
+        assert g.finish_reason in ("stop", "length") and len(g.ids) <= 12
+
+
+def test_greedy_is_deterministic_batched_equals_single_and_cache_equals_no_cache(run):
+    greedy = SamplingConfig(temperature=0, max_new_tokens=10)
+    batched = generate(run, prompts(), sampling=greedy, check_direction=False)
+    again = generate(run, prompts(), sampling=greedy, check_direction=False)
+    single = [generate(run, [p], sampling=greedy, check_direction=False)[0] for p in prompts()]
+    uncached = generate(run, prompts(), sampling=greedy, check_direction=False, use_cache=False)
+    ids = [g.ids for g in batched]
+    assert ids == [g.ids for g in again] == [g.ids for g in single] == [g.ids for g in uncached]
+    for output in ("image", "audio"):
+        media = SamplingConfig(temperature=0, max_audio_seconds=0.3)
+        a = generate(run, [Document.of("draw a red circle"), Document.of("say")], output=output, sampling=media)
+        b = [
+            generate(run, [p], output=output, sampling=media)[0]
+            for p in (Document.of("draw a red circle"), Document.of("say"))
+        ]
+        assert [g.ids for g in a] == [g.ids for g in b]
+
+
+def test_generated_image_positions_match_the_encoder(run):
+    prompt = Document.of("draw a red circle")
+    # the toy tokenizer encodes every image on a 2x2 grid: generate one so that it re-encodes alike
+    g = generate(run, [prompt], output="image", sampling=SamplingConfig(temperature=0, grid=(2, 2)))[0]
+    codec, model = run.tokenizer, run.model
+    full = codec.encode(Document.of("draw a red circle", g.part), add_eos=False)
+    prompt_len = len(codec.encode(prompt, add_eos=False))
+    assert full.ids[prompt_len:].tolist() == g.ids  # the decoded image re-encodes to the same codes
+    with torch.no_grad():
+        logits = model(full.ids[None], full.positions[None], full.modality[None])[0]
+    # teacher-forced greedy over the encoder's positions picks the same codes as generation did
+    image_range = codec.vocab.range("image")
+    for k in range(prompt_len + 2, len(full) - 1):
+        step = logits[k - 1, image_range.start : image_range.stop]
+        assert int(step.argmax()) + image_range.start == g.ids[k - prompt_len]
+
+
+def test_forced_grid_guidance_and_seeds(run):
+    grid = SamplingConfig(temperature=0, grid=(3, 3))
+    g = generate(run, [Document.of("draw")], output="image", sampling=grid)[0]
+    assert g.part.size == (3, 3)
+    with pytest.raises(ConfigError, match="no grid token"):
+        generate(run, [Document.of("draw")], output="image", sampling=SamplingConfig(grid=(5, 5)))
+    plain = generate(
+        run, [Document.of("draw a red circle")], output="image", sampling=SamplingConfig(temperature=0, grid=(3, 3))
+    )
+    guided = generate(
+        run,
+        [Document.of("draw a red circle")],
+        output="image",
+        sampling=SamplingConfig(temperature=0, grid=(3, 3), guidance_scale=3.0),
+    )
+    assert plain[0].ids != guided[0].ids and len(guided[0].ids) == 12
+    seeded = [
+        generate(run, [Document.of("draw")], output="image", sampling=SamplingConfig(seed=s))[0].ids for s in (1, 1, 2)
+    ]
+    assert seeded[0] == seeded[1] != seeded[2]
+
+
+def test_directions_are_enforced(run):
+    with pytest.raises(DirectionNotSupportedError, match="image\\+text->audio"):
+        generate(run, [Document.of("hello", red())], output="audio")
+    with pytest.raises(ConfigError, match="output must be"):
+        generate(run, [Document.of("x")], output="video")
+
+
+def test_stream_deltas_add_up_and_stop_strings(run):
+    sampling = SamplingConfig(temperature=1.0, seed=3, max_new_tokens=20)
+    events = list(stream(run, [Document.of("draw a red circle")], sampling=sampling))
+    deltas = "".join(e.text for e in events if isinstance(e, TextDelta))
+    final = [e for e in events if isinstance(e, Finished)][0].generation
+    assert deltas == final.part.text and isinstance(events[-1], Finished)
+    text = final.part.text
+    if len(text) > 3:
+        stop = text[2:4]
+        stopped = generate(
+            run,
+            [Document.of("draw a red circle")],
+            sampling=SamplingConfig(temperature=1.0, seed=3, max_new_tokens=20, stop=(stop,)),
+        )[0]
+        assert stopped.part.text == text[: text.find(stop)] and stopped.finish_reason == "stop"
+
+
+def test_sampling_config_errors():
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingConfig(top_p=0)
+    with pytest.raises(ConfigError, match="top_k"):
+        SamplingConfig(top_k=0)
+    with pytest.raises(ConfigError):
+        SamplingConfig(temperature=-1)
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    from polymodal.generation import sample
+
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0]]).repeat(200, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample(logits, SamplingConfig(top_k=2), gen).tolist()) == {0, 1}
+    assert set(sample(logits, SamplingConfig(top_p=0.5), gen).tolist()) == {0}
+    assert sample(logits[:1], SamplingConfig(temperature=0), gen).tolist() == [0]
+    assert np.unique(sample(logits, SamplingConfig(), gen).numpy()).size >= 2
