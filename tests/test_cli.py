@@ -139,3 +139,37 @@ def test_train_media_tokenizers_and_roundtrip(tmp_path):
     back = Document.load(tmp_path / "back" / "sample.json")
     assert [type(p).__name__ for p in back.parts] == ["Text", "Image", "Text", "Audio"]
     assert back.parts[1].size == (32, 32) and back.parts[0] == sample_document().parts[0]
+
+
+def test_generate_command_writes_each_output(tmp_path):
+    import torch
+
+    from polymodal.content import Audio, Image
+    from polymodal.model import Transformer, preset
+    from polymodal.run import Run
+
+    codec = DocumentTokenizer.load(default_vocabulary_dir())
+    torch.manual_seed(0)
+    directions = ("text->text", "text->image", "text->audio", "image+text->text")
+    Run(Transformer(preset("debug", codec.vocab.size)), codec, directions).save(tmp_path / "run")
+    picture = tmp_path / "in.png"
+    picture.write_bytes(sample_document().parts[1].to_png_bytes())
+    common = [
+        "generate",
+        str(tmp_path / "run"),
+        "--text",
+        "draw a circle",
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert run(*common, "--output", "image").exit_code == 0
+    assert Image.open(tmp_path / "out" / "output.png").width in (32, 64, 128)
+    assert run(*common, "--output", "audio").exit_code == 0
+    assert Audio.open(tmp_path / "out" / "output.wav").sample_rate == 16_000
+    result = run(*common, "--image", str(picture), "--max-new-tokens", "5")
+    assert result.exit_code == 0
+    assert (tmp_path / "out" / "output.txt").read_text().rstrip("\n") == result.output.splitlines()[0]
+    refused = runner.invoke(app, [*common, "--image", str(picture), "--output", "audio"])
+    assert refused.exit_code == 2 and "image+text->audio" in refused.output

@@ -290,6 +290,62 @@ def train_audio(
     )
 
 
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (run.json, vocab.json, tokenizers/, weights).")],
+    text: Annotated[list[str] | None, typer.Option("--text", help="Text input (repeatable, in order).")] = None,
+    image: Annotated[list[Path] | None, typer.Option("--image", help="Image input (repeatable).")] = None,
+    audio: Annotated[list[Path] | None, typer.Option("--audio", help="Audio input (repeatable).")] = None,
+    video: Annotated[list[Path] | None, typer.Option("--video", help="Video input (repeatable).")] = None,
+    output: Annotated[str, typer.Option(help="What to generate: text, image or audio.")] = "text",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs (PNG, WAV, TXT).")] = Path("outputs"),
+    chat: Annotated[bool, typer.Option(help="Send the inputs as a user turn and generate the reply.")] = True,
+    max_new_tokens: Annotated[int, typer.Option(help="Text tokens to generate at most.", min=1)] = 256,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.", min=0.0)] = 0.7,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.", min=0.0, max=1.0)] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k likeliest.", min=1)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    guidance_scale: Annotated[
+        float, typer.Option(help="Classifier-free guidance for image/audio (1 = off).", min=0.0)
+    ] = 1.0,
+    fps: Annotated[float, typer.Option(help="Frames per second sampled from videos.", min=0.01)] = 1.0,
+    max_frames: Annotated[int | None, typer.Option(help="Refuse videos that would give more frames.", min=1)] = None,
+) -> None:
+    """Generate text, an image or audio from any mix of inputs, in the order: text, images, audio, videos."""
+    from polymodal.content import Audio, Document, Image, Video
+    from polymodal.files import write_bytes_atomic, write_text_atomic
+    from polymodal.generation import SamplingConfig
+    from polymodal.generation import generate as run_generation
+    from polymodal.run import Run
+
+    try:
+        loaded = Run.load(run_dir)
+        parts = [*(text or []), *(Image.open(p) for p in image or []), *(Audio.open(p) for p in audio or [])]
+        parts += [Video.open(p, fps=fps, max_frames=max_frames) for p in video or []]
+        if not parts:
+            _fail("give at least one input: --text, --image, --audio or --video")
+        prompt = Document.chat(("user", parts)) if chat else Document.of(*parts)
+        sampling = SamplingConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+            guidance_scale=guidance_scale,
+        )  # fmt: skip
+        result = run_generation(loaded, prompt, output=output, sampling=sampling)[0]
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    if output == "text":
+        path = out / "output.txt"
+        write_text_atomic(path, result.part.text + "\n")
+        typer.echo(result.part.text)
+    elif output == "image":
+        path = out / "output.png"
+        write_bytes_atomic(path, result.part.to_png_bytes())
+    else:
+        path = out / "output.wav"
+        write_bytes_atomic(path, result.part.to_wav_bytes())
+    typer.echo(f"{output} -> {path} ({len(result.ids)} tokens, {result.finish_reason})", err=True)
+
+
 data_app = typer.Typer(help="Make and inspect training data.", no_args_is_help=True)
 make_app = typer.Typer(help="Generate a built-in corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
