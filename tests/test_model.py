@@ -4,7 +4,7 @@ import torch
 from polymodal.errors import ConfigError
 from polymodal.model import KVCache, ModelConfig, Transformer, list_presets, preset
 from polymodal.model import config as C
-from polymodal.model.transformer import MultiAxisRotary
+from polymodal.model.transformer import MultiAxisRotary, interleave_axes
 
 VOCAB = 300
 
@@ -75,11 +75,13 @@ def test_multi_axis_rotary_reduces_to_1d_rope_on_text():
     freqs = torch.arange(5, dtype=torch.float64)[:, None] * inv
     expected = torch.cat([freqs, freqs], -1)
     torch.testing.assert_close(cos[0, 0].double(), expected.cos(), atol=1e-6, rtol=0)
-    # an image token: the h and w sections turn with their own axes
+    # an image token: each pair turns with its own axis, and every axis has fast and slow pairs
+    axis = interleave_axes((4, 2, 2))
+    assert axis.tolist().count(0) == 4 and axis.tolist().count(1) == 2 and axis.tolist().count(2) == 2
+    assert {int(axis[0]), int(axis[1])} >= {0} and set(axis[:4].tolist()) == {0, 1, 2}
     cos_img, _ = rotary(torch.tensor([[[3, 5, 7]]]))
-    assert torch.allclose(cos_img[0, 0, 0, :4], (3 * inv[:4]).cos().float())
-    assert torch.allclose(cos_img[0, 0, 0, 4:6], (5 * inv[4:6]).cos().float())
-    assert torch.allclose(cos_img[0, 0, 0, 6:8], (7 * inv[6:8]).cos().float())
+    position = torch.tensor([3.0, 5.0, 7.0], dtype=torch.float64)[axis]
+    assert torch.allclose(cos_img[0, 0, 0, :8], (position * inv).cos().float())
 
 
 def test_positions_matter_beyond_order():

@@ -34,18 +34,37 @@ class RMSNorm(nn.Module):
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+def interleave_axes(sections: tuple[int, int, int]) -> torch.Tensor:
+    """Which axis (0 = t, 1 = h, 2 = w) drives each frequency pair, spread evenly over the spectrum.
+
+    Giving each axis a contiguous block of pairs (as Qwen2-VL's M-RoPE does) leaves the last axis
+    only the slowest frequencies, which barely tell neighbouring columns apart; interleaving gives
+    every axis fast and slow frequencies alike (as Qwen3-VL's interleaved M-RoPE does).
+    """
+    total = sum(sections)
+    used = [0, 0, 0]
+    axis = []
+    for i in range(total):
+        # the axis furthest behind its share of the pairs so far
+        lag = [sections[a] * (i + 1) / total - used[a] if used[a] < sections[a] else float("-inf") for a in range(3)]
+        chosen = max(range(3), key=lambda a: lag[a])
+        used[chosen] += 1
+        axis.append(chosen)
+    return torch.tensor(axis, dtype=torch.long)
+
+
 class MultiAxisRotary(nn.Module):
-    """Rotary embedding whose frequency pairs are split between the t, h and w position axes.
+    """Rotary embedding whose frequency pairs are shared out between the t, h and w position axes.
 
     Pair i keeps its standard frequency ``theta^(-2i/H)`` but turns with the position of the axis
-    its section belongs to; where t = h = w (text) this is exactly 1-D RoPE, which is why a
-    pretrained Llama's weights work unchanged on text.
+    it is given (:func:`interleave_axes`); where t = h = w (text) this is exactly 1-D RoPE, which is
+    why a pretrained Llama's weights work unchanged on text.
     """
 
     def __init__(self, head_dim: int, theta: float, sections: tuple[int, int, int]) -> None:
         super().__init__()
         inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        axis = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
+        axis = interleave_axes(sections)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
         self.register_buffer("axis", axis, persistent=False)
 

@@ -1,0 +1,1 @@
+"""Training: losses (losses.py); the loop, stages and parallelism follow."""
