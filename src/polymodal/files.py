@@ -7,6 +7,7 @@ what is written.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,10 +29,19 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+# Read once, at import (single-threaded): os.umask can only be read by setting it, which would race
+# with files created by other threads.
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def default_file_mode() -> int:
@@ -47,3 +57,30 @@ def default_dir_mode() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """UTF-8 text version of :func:`write_bytes_atomic`."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def staging_directory(target: str | os.PathLike) -> Path:
+    """A new empty folder beside ``target`` to build its replacement in (see :func:`swap_directory`)."""
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(staging, default_dir_mode())  # mkdtemp makes it 0700
+    return staging
+
+
+def swap_directory(staging: Path, target: str | os.PathLike, *, marker: str) -> None:
+    """Put ``staging`` in ``target``'s place with renames only; the old folder survives any failure before.
+
+    An existing ``target`` is replaced only if it holds ``marker`` (a file that says it is ours).
+    """
+    target = Path(target).absolute()
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if not (target / marker).exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileExistsError(f"{target} exists and has no {marker}: refusing to replace it")
+    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, retired)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from polymodal.errors import ConfigError
-from polymodal.files import default_dir_mode, default_file_mode, write_text_atomic
+from polymodal.files import staging_directory, swap_directory, write_bytes_atomic, write_text_atomic
 from polymodal.model.config import ModelConfig
 from polymodal.model.transformer import Transformer
 from polymodal.tokenizers.document import DocumentTokenizer
@@ -74,21 +74,20 @@ class Run:
 
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory).absolute()
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        if directory.exists() and not (directory / RUN_FILENAME).exists():
+            raise ConfigError(f"{directory} exists and is not a polymodal run: refusing to replace it")
+        staging = staging_directory(directory)
         try:
             self.tokenizer.save(staging)
             state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-            save_file(state, str(staging / WEIGHTS_FILENAME))
-            os.chmod(staging / WEIGHTS_FILENAME, default_file_mode())
+            write_bytes_atomic(staging / WEIGHTS_FILENAME, save_safetensors(state))
             meta = {
                 "format_version": FORMAT_VERSION,
                 "model": self.model.config.to_dict(),
                 "directions": list(self.directions),
             }
             write_text_atomic(staging / RUN_FILENAME, json.dumps(meta, indent=2) + "\n")
-            os.chmod(staging, default_dir_mode())  # mkdtemp makes it 0700
-            _swap_in(staging, directory)
+            swap_directory(staging, directory, marker=RUN_FILENAME)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -114,16 +113,3 @@ class Run:
         except (OSError, RuntimeError, SafetensorError) as exc:
             raise ConfigError(f"{directory / WEIGHTS_FILENAME}: cannot load the weights ({exc})") from exc
         return cls(model.to(device).eval(), DocumentTokenizer.load(directory), tuple(meta.get("directions", ())))
-
-
-def _swap_in(staging: Path, directory: Path) -> None:
-    """Replace ``directory`` by ``staging`` with renames only; the old run survives any failure before."""
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    if not (directory / RUN_FILENAME).exists():
-        raise ConfigError(f"{directory} exists and is not a polymodal run: refusing to replace it")
-    retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    os.replace(directory, retired)
-    os.replace(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -14,11 +14,12 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from polymodal.errors import ConfigError
-from polymodal.files import default_file_mode
+from polymodal.files import write_bytes_atomic
 from polymodal.tokenizers import read_tokenizer_config, write_tokenizer_config
 
 WEIGHTS_FILENAME = "model.safetensors"
@@ -33,7 +34,12 @@ def config_from_dict(config_cls: type[T], data: dict, what: str) -> T:
     unknown = set(data) - set(config_cls.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{what} config: unknown keys {sorted(unknown)}")
-    return config_cls(**data)
+    try:
+        return config_cls(**data)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{what} config: invalid value ({exc})") from exc
 
 
 def cycle_examples(items: Iterable[T], rng: np.random.Generator, what: str) -> Iterator[T]:
@@ -69,10 +75,7 @@ class NeuralTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-        tmp = directory / f".{WEIGHTS_FILENAME}.tmp"
-        save_file(state, str(tmp))
-        os.chmod(tmp, default_file_mode())  # safetensors may create it 0600
-        os.replace(tmp, directory / WEIGHTS_FILENAME)
+        write_bytes_atomic(directory / WEIGHTS_FILENAME, save_safetensors(state))
         write_tokenizer_config(directory, self.name, {"modality": self.modality, "config": asdict(self.config)})
 
     @classmethod
@@ -82,7 +85,10 @@ class NeuralTokenizer:
         if saved["type"] != cls.name:
             raise ConfigError(f"{directory}: holds a {saved['type']!r} tokenizer, not {cls.name!r}")
         config = config_from_dict(cls.config_cls, saved.get("config", {}), f"{directory} {cls.modality} tokenizer")
-        model = cls.model_cls(config)
+        try:
+            model = cls.model_cls(config)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{directory}: the saved {cls.modality} tokenizer config is invalid ({exc})") from exc
         try:
             model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME)))
         except (OSError, RuntimeError, SafetensorError) as exc:
