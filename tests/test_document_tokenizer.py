@@ -217,9 +217,31 @@ def test_video_without_track_and_cost_check(codec, text_tokenizer):
     back = codec.decode(codec.encode(Document.of(silent)))
     assert [f.time for f in back.parts[0].frames] == [0.0, 1.0, 2.0] and back.parts[0].audio is None
     # 3 frames cost at least 3 x (2 + 4) + 2 = 20 tokens: refused before any frame is encoded
+    toys.ToyImageTokenizer.encoded = 0
     with pytest.raises(SequenceTooLongError, match="sample fewer frames"):
         codec.encode(Document.of(silent), max_length=19)
+    assert toys.ToyImageTokenizer.encoded == 0
     image_only = DocumentTokenizer.from_tokenizers([text_tokenizer, toys.ToyImageTokenizer()])
     with pytest.raises(TokenizerNotAvailableError, match="no audio tokenizer"):
         image_only.encode(Document.of(tone_video()))
     assert len(image_only.encode(Document.of(silent))) == 2 + 2 + 3 * 6
+
+
+def test_video_frame_times_survive_uneven_sampling_and_short_tracks(codec):
+    frames = tuple(VideoFrame(t, red_image()) for t in (0.0, 0.5, 1.0, 1.5))
+    silent = Video(frames=frames, audio=None, duration=2.0)
+    back = codec.decode(codec.encode(Document.of(silent))).parts[0]
+    # times come back on the positions' clock: to within half a time unit (1 / 50 s)
+    assert [f.time for f in back.frames] == pytest.approx([0.0, 0.5, 1.0, 1.5], abs=0.021)
+    assert back.duration == pytest.approx(2.0, abs=0.05)
+    short_track = Video(frames=frames, audio=beep(0.6), duration=2.0)
+    back = codec.decode(codec.encode(Document.of(short_track))).parts[0]
+    assert [f.time for f in back.frames] == pytest.approx([0.0, 0.5, 1.0, 1.5], abs=0.021)
+    assert back.audio.duration == pytest.approx(0.6)
+
+
+def test_decode_of_empty_documents_and_generation_prompts(codec):
+    assert codec.decode(codec.encode(Document.of(""))).parts == (Text(""),)
+    prompt = Document.chat(("user", "what is in the picture?"))
+    back = codec.decode(codec.encode(prompt, add_generation_prompt=True))
+    assert [m.role for m in back.messages] == ["user"] and back.parts == (Text("what is in the picture?"),)

@@ -52,7 +52,7 @@ def test_save_replaces_atomically_and_survives_failures(tmp_path, codec, monkeyp
     def broken_save(directory):
         raise OSError("disk full")
 
-    monkeypatch.setattr(first.tokenizer, "save", broken_save)
+    monkeypatch.setattr(first.tokenizer, "write_into", broken_save)
     with pytest.raises(OSError, match="disk full"):
         first.save(tmp_path / "run")
     assert torch.equal(logits(Run.load(tmp_path / "run")), logits(second))  # the old run is intact

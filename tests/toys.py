@@ -29,7 +29,10 @@ class ToyImageTokenizer:
     vocab_size = 64
     grids = ((2, 2),)
 
+    encoded = 0  # how many images were encoded, so tests can check that work was refused up front
+
     def encode(self, part: Image) -> TokenSpan:
+        ToyImageTokenizer.encoded += 1
         small = np.asarray(part.pixels.resize((2, 2), PILImage.BILINEAR), dtype=np.int64) // 64
         codes = small[..., 0] * 16 + small[..., 1] * 4 + small[..., 2]
         return TokenSpan("image", torch.from_numpy(codes.reshape(-1)), Grid(2, 2))

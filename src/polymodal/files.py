@@ -74,6 +74,8 @@ def swap_directory(staging: Path, target: str | os.PathLike, *, marker: str) -> 
     An existing ``target`` is replaced only if it holds ``marker`` (a file that says it is ours).
     """
     target = Path(target).absolute()
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()  # an empty folder holds nothing to keep
     if not target.exists():
         os.replace(staging, target)
         return

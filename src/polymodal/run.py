@@ -78,7 +78,7 @@ class Run:
             raise ConfigError(f"{directory} exists and is not a polymodal run: refusing to replace it")
         staging = staging_directory(directory)
         try:
-            self.tokenizer.save(staging)
+            self.tokenizer.write_into(staging)
             state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
             write_bytes_atomic(staging / WEIGHTS_FILENAME, save_safetensors(state))
             meta = {

@@ -30,6 +30,7 @@ from polymodal import positions as P
 from polymodal import vocab as V
 from polymodal.content import Audio, Document, Image, Message, Part, Text, Video
 from polymodal.errors import ConfigError, PolymodalError, SequenceTooLongError, TokenizerNotAvailableError
+from polymodal.files import staging_directory, swap_directory
 from polymodal.positions import next_index
 from polymodal.tokenizers import load_tokenizer
 from polymodal.tokenizers.base import Grid, ModalityTokenizer, Sequential, Timed, TokenSpan
@@ -132,15 +133,27 @@ class DocumentTokenizer:
         return cls(vocab, folders)
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``vocab.json`` and every tokenizer; tokenizers never loaded are copied as files."""
+        """Write ``vocab.json`` and every tokenizer as one folder, replaced atomically if it exists."""
+        staging = staging_directory(directory)
+        try:
+            self.write_into(staging)
+            swap_directory(staging, directory, marker=V.VOCAB_FILENAME)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def write_into(self, directory: str | os.PathLike) -> None:
+        """Write ``vocab.json`` and ``tokenizers/`` into an empty folder (tokenizers never loaded are copied)."""
         directory = Path(directory)
-        self.vocab.save(directory)
         for modality, source in self._sources.items():
             target = directory / TOKENIZERS_DIRNAME / modality
             if modality in self._loaded:
                 self._loaded[modality].save(target)
-            elif Path(source).resolve() != target.resolve():
-                shutil.copytree(source, target, dirs_exist_ok=True)
+            elif not Path(source).is_dir():
+                raise TokenizerNotAvailableError(f"the {modality} tokenizer folder {source} does not exist")
+            else:
+                shutil.copytree(source, target)
+        self.vocab.save(directory)  # last: a folder with vocab.json is a complete one
 
     # -- lazy tokenizers ------------------------------------------------------------------------
 
@@ -180,6 +193,12 @@ class DocumentTokenizer:
             raise ConfigError(
                 f"the {modality} tokenizer has {tokenizer.vocab_size} ids but the vocabulary's "
                 f"{modality} range holds {expected}: they were not saved together"
+            )
+        missing = [g for g in getattr(tokenizer, "grids", ()) if g not in self.vocab.grids]
+        if missing:
+            raise ConfigError(
+                f"the {modality} tokenizer emits grids {missing} that have no grid token in this vocabulary "
+                f"(it has {list(self.vocab.grids)}); rebuild the vocabulary with them"
             )
         self._loaded[modality] = tokenizer
         return tokenizer
@@ -306,6 +325,8 @@ class DocumentTokenizer:
         """Turn ids back into a Document (adjacent text comes back as one Text part)."""
         ids = tokens.ids if isinstance(tokens, TokenSequence) else torch.as_tensor(tokens, dtype=torch.long)
         ids_list = ids.tolist()
+        # With positions, video frames get their exact times back from t; ids alone imply them.
+        times = tokens.positions[:, 0].tolist() if isinstance(tokens, TokenSequence) else None
         modality = self.vocab.modality_of(ids).tolist()
         text_index = self.vocab.modality_index("text") if self.vocab.has_modality("text") else -1
         messages: list[tuple[str | None, list[Part]]] = [(None, [])]
@@ -335,14 +356,14 @@ class DocumentTokenizer:
                 messages.append((role, []))
                 i += 1
             elif special.startswith("<|") and special[2:-2] in ("image", "audio", "video"):
-                part, i = self._decode_media(special[2:-2], ids_list, i)
+                part, i = self._decode_media(special[2:-2], ids_list, i, times)
                 messages[-1][1].append(part)
             else:
                 raise PolymodalError(f"position {i}: unexpected {special} outside a media span")
         flush_text()
         return self._assemble(messages)
 
-    def _decode_media(self, modality: str, ids: list[int], i: int) -> tuple[Part, int]:
+    def _decode_media(self, modality: str, ids: list[int], i: int, times: list[int] | None) -> tuple[Part, int]:
         _, end_token = _delimiters(modality)
         end_id = self.vocab.special_id(end_token)
         try:
@@ -351,7 +372,7 @@ class DocumentTokenizer:
             raise PolymodalError(f"position {i}: {modality} span is never closed with {end_token}") from None
         body = ids[i + 1 : end]
         if modality == "video":
-            return self._decode_video(body, i), end + 1
+            return self._decode_video(body, i, times), end + 1
         tokenizer = self.tokenizer(modality)
         grid = V.parse_grid_token(self.vocab.special_token(body[0]) or "") if body else None
         if grid is not None:
@@ -361,8 +382,9 @@ class DocumentTokenizer:
         span = TokenSpan(modality, self.vocab.to_local(modality, body), layout)
         return tokenizer.decode(span), end + 1
 
-    def _decode_video(self, body: list[int], at: int) -> Video:
+    def _decode_video(self, body: list[int], at: int, times: list[int] | None) -> Video:
         frame_id = self.vocab.special_id(V.FRAME)
+        origin = times[at] + 1 if times is not None else 0  # second 0 of the video's clock
         segments: list[FrameSegment | AudioSegment] = []
         audio_seen, j = 0, 0
         while j < len(body):
@@ -374,7 +396,8 @@ class DocumentTokenizer:
                 codes = self.vocab.to_local("image", body[j + 2 : j + 2 + n])
                 if len(codes) != n:
                     raise PolymodalError(f"position {at + 1 + j}: a {grid[0]}x{grid[1]} frame needs {n} codes")
-                segments.append(FrameSegment(0.0, TokenSpan("image", codes, Grid(*grid))))
+                seconds = (times[at + 1 + j] - origin) / self.vocab.time_units_per_second if times is not None else None
+                segments.append(FrameSegment(seconds, TokenSpan("image", codes, Grid(*grid))))
                 j += 2 + n
                 continue
             k = j
@@ -390,8 +413,11 @@ class DocumentTokenizer:
     @staticmethod
     def _assemble(messages: list[tuple[str | None, list[Part]]]) -> Document:
         leading_role, leading_parts = messages[0]
-        if len(messages) == 1:
-            return Document.of(*leading_parts)
+        turns = messages[1:]
+        while turns and not turns[-1][1]:
+            turns.pop()  # a trailing role token with nothing after it: a generation prompt
+        if not turns:
+            return Document.of(*leading_parts) if leading_parts else Document.of(Text(""))
         if leading_parts:
             raise PolymodalError("ids hold content before the first chat role token")
-        return Document([Message(role, tuple(parts)) for role, parts in messages[1:]])
+        return Document([Message(role, tuple(parts) or (Text(""),)) for role, parts in turns])

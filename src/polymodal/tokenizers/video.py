@@ -16,6 +16,7 @@ This module knows nothing of the vocabulary: it returns segments of local ids.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -28,9 +29,9 @@ DEFAULT_FPS = 1.0
 
 @dataclass(frozen=True)
 class FrameSegment:
-    """One sampled frame: its time in seconds and its image codes."""
+    """One sampled frame: its time in seconds (None when only the ids are known) and its image codes."""
 
-    time: float
+    time: float | None
     span: TokenSpan
 
 
@@ -106,8 +107,11 @@ class VideoTokenizer:
             if isinstance(segment, AudioSegment):
                 seen_audio += len(segment.span)
                 continue
-            time = seen_audio / rate if audio_spans else len(frames) / fps
+            # Exact times when positions were given; otherwise the audio codes before the frame
+            # (frames never come before the sound of their second), or 1 / fps steps without sound.
+            time = segment.time if segment.time is not None else seen_audio / rate if audio_spans else len(frames) / fps
             frames.append(VideoFrame(time, self.image.decode(segment.span)))
-        last = frames[-1].time + (1.0 / fps if not audio_spans else 0.0)
-        duration = max(last, track.duration if track is not None else 0.0, 1e-3)
+        gaps = [b.time - a.time for a, b in pairwise(frames) if b.time > a.time]
+        last = frames[-1].time + (min(gaps) if gaps else 1.0 / fps)
+        duration = max(last, track.duration if track is not None else 0.0)
         return Video(tuple(frames), track, duration)
