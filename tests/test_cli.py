@@ -136,7 +136,7 @@ def test_train_media_tokenizers_and_roundtrip(tmp_path):
     report = json.loads(result.output.splitlines()[0])
     assert all(p["num_tokens"] for p in report["parts"])
     assert report["parts"][3]["num_tokens"] == 2 + 13  # 0.5 s at 25 tokens/s, padded to 13, plus delimiters
-    back = Document.load(tmp_path / "back" / "sample.json")
+    back = Document.load(tmp_path / "back" / "0_sample.json")
     assert [type(p).__name__ for p in back.parts] == ["Text", "Image", "Text", "Audio"]
     assert back.parts[1].size == (32, 32) and back.parts[0] == sample_document().parts[0]
 

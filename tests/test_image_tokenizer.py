@@ -143,3 +143,22 @@ def test_evaluate_psnr_reports_baselines():
     scores = evaluate_psnr(tokenizer, [scene(np.random.default_rng(i)) for i in range(4)])
     assert set(scores) == {f"{k}@{s}" for k in ("psnr", "blur_psnr", "palette_psnr") for s in (16, 32)}
     assert scores["blur_psnr@32"] >= scores["palette_psnr@32"]  # exact means beat quantized ones
+
+
+def test_same_seed_same_tokenizer_and_broken_saved_configs(tmp_path):
+    images = [scene(np.random.default_rng(i)) for i in range(8)]
+    quick = TrainConfig(steps=2, batch_size=2, progress=False, seed=7)
+    a, _ = ImageTokenizer.train(images, config="debug", train=quick)
+    b, _ = ImageTokenizer.train(images, config="debug", train=quick)
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    )
+    a.save(tmp_path)
+    import json
+
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    for bad in ({"levels": [1, 5]}, {"width": "128"}):
+        broken = {**saved, "config": {**saved["config"], **bad}}
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(broken))
+        with pytest.raises(ConfigError):
+            ImageTokenizer.load(tmp_path)

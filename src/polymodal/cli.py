@@ -1,7 +1,8 @@
 """The ``polymodal`` command line. It parses arguments and calls the library; nothing else.
 
-Commands: ``tokenize`` (show how files become tokens), ``vocab`` (inspect a vocabulary),
-``tokenizer train text`` (train a BPE text tokenizer), ``sample`` (write the sample document).
+Commands: ``tokenize`` (show how files become tokens, and what comes back), ``generate`` (run a
+model), ``vocab show|describe|build``, ``tokenizer train text|image|audio``, ``data make shapes``
+(the built-in corpus) and ``sample`` (write the sample document).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ VocabOption = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+def _fail(message: str | BaseException) -> None:
+    # Exceptions may carry notes (e.g. which entry of a document JSON named a bad file).
+    notes = "".join(f"\n  {note}" for note in getattr(message, "__notes__", ()))
+    typer.secho(f"error: {message}{notes}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -90,12 +93,15 @@ def tokenize(
                 documents.append((str(path), Document.of(load_part(path, fps=fps, max_frames=max_frames))))
         reports = [tokenize_report(tokenizer, name, doc, first=first) for name, doc in documents]
         written = (
-            [write_roundtrip(tokenizer, doc, roundtrip / Path(name).stem) for name, doc in documents]
+            [
+                write_roundtrip(tokenizer, doc, roundtrip / f"{k}_{Path(name).name}")
+                for k, (name, doc) in enumerate(documents)
+            ]
             if roundtrip
             else []
         )
     except (PolymodalError, FileNotFoundError, IsADirectoryError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     for report in reports:
         typer.echo(json.dumps(report.to_dict()) if as_json else report.format())
     for paths in written:
@@ -108,7 +114,7 @@ def vocab_show(vocab: VocabOption = None) -> None:
     try:
         tokenizer = _load_tokenizer(vocab)
     except PolymodalError as exc:
-        _fail(str(exc))
+        _fail(exc)
     v = tokenizer.vocab
     typer.echo(f"size {v.size}, time units per second {v.time_units_per_second:g}")
     typer.echo(f"  {'special':<8} [0, {len(v.specials)})")
@@ -133,7 +139,7 @@ def vocab_describe(
                 line += f"\t{text!r}"
             typer.echo(line)
     except PolymodalError as exc:
-        _fail(str(exc))
+        _fail(exc)
 
 
 @vocab_app.command("build")
@@ -164,7 +170,7 @@ def vocab_build(
             loaded, grids=grids, time_units_per_second=time_units_per_second
         )
     except PolymodalError as exc:
-        _fail(str(exc))
+        _fail(exc)
     doc_tokenizer.save(out)
     typer.echo(f"{doc_tokenizer.vocab} -> {out}")
 
@@ -174,7 +180,7 @@ tokenizer_app.add_typer(train_app, name="train")
 
 StepsOption = Annotated[int, typer.Option(help="Optimizer steps.", min=1)]
 BatchOption = Annotated[int, typer.Option(help="Examples per step.", min=1)]
-LrOption = Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine).", min=0.0)]
+LrOption = Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine).", min=1e-8)]
 SeedOption = Annotated[int, typer.Option(help="Seed for data order and initialisation.")]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the tokenizer to.")]
 
@@ -194,7 +200,7 @@ def train_text(
             files, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=sys.stderr.isatty()
         )
     except (PolymodalError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     trained.save(out)
     typer.echo(f"trained a text BPE with {trained.vocab_size} ids on {len(files)} files -> {out}")
 
@@ -210,8 +216,8 @@ def _train_media(module, tokenizer_cls, sources: list[Path], out: Path, preset: 
         data = f"{len(sources)} paths" if sources else "shapes-world corpus (built in)"
         typer.echo(f"training the {preset} {kind} tokenizer on {data} for {train.steps} steps", err=True)
         tokenizer, result = tokenizer_cls.train(training, config=config, train=train, held_out=held_out)
-    except (PolymodalError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    except (PolymodalError, FileNotFoundError, FloatingPointError) as exc:
+        _fail(exc)
     tokenizer.save(out)
     report = write_report(out, kind=kind, preset=preset, data=data, train=train, result=result)
     figures = ", ".join(f"{k} {v:.3g}" for k, v in report["held_out"].items() if k != "step")
@@ -331,7 +337,7 @@ def generate(
         )  # fmt: skip
         result = run_generation(loaded, prompt, output=output, sampling=sampling)[0]
     except (PolymodalError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     out.mkdir(parents=True, exist_ok=True)
     if output == "text":
         path = out / "output.txt"
@@ -378,7 +384,7 @@ def make_shapes_cmd(
             samples_per_shard=samples_per_shard, workers=workers, progress=sys.stderr.isatty(), overwrite=overwrite,
         )  # fmt: skip
     except (PolymodalError, FileExistsError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     typer.echo(f"{n} samples in {len(shards)} shards -> {out}")
 
 

@@ -127,10 +127,19 @@ class Video:
         """
         if not self.frames:
             raise EmptyMediaError("a video with no frames cannot be written", source=self.source)
+        times = [f.time for f in self.frames]
+        if len(set(times)) != len(times):
+            raise ConfigError(
+                "two frames have the same time: an MP4 cannot show both",
+            )
         if fps is None:
-            gaps = np.diff([f.time for f in self.frames])
+            # the smallest whole rate that gives every frame its own slot (frames from polymodal's
+            # samplers or decoder sit on a regular grid, so this is their own rate)
+            gaps = np.diff(times)
             fps = max(1, round(1.0 / float(np.median(gaps)))) if len(gaps) else 1
-        slots = [round(f.time * fps) for f in self.frames]
+            while len({round(t * fps) for t in times}) != len(times) and fps < 1000:
+                fps += 1
+        slots = [round(t * fps) for t in times]
         if len(set(slots)) != len(slots):
             raise ConfigError(f"frames are closer together than 1/{fps} s: pass a higher fps")
         buffer = io.BytesIO()

@@ -219,6 +219,7 @@ class AudioTokenizer(NeuralTokenizer):
         """Train on random crops of ``clips`` (a list is cycled; a stream is read once)."""
         config = preset(config) if isinstance(config, str) else config
         train = train or TrainConfig()
+        torch.manual_seed(train.seed)  # the seed fixes the initial weights too
         tokenizer = cls(config)
         batches = _batches(tokenizer, clips, train.batch_size, seed=train.seed)
         mel = tokenizer.model.mel

@@ -264,6 +264,7 @@ class ImageTokenizer(NeuralTokenizer):
         """Train on a stream of images (cycled if finite), reporting held-out PSNR at every bucket."""
         config = preset(config) if isinstance(config, str) else config
         train = train or TrainConfig()
+        torch.manual_seed(train.seed)  # the seed fixes the initial weights too
         model = ImageAutoencoder(config)
         batches = _batches(images, config, train.batch_size, seed=train.seed)
 

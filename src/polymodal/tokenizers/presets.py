@@ -1,8 +1,9 @@
 """Named vocabularies that ship with polymodal.
 
 ``default``: the vocabulary ``polymodal tokenize`` uses when none is given — the base specials,
-image grid tokens and a byte-level BPE text tokenizer (2,048 ids). Its files are in
-``polymodal/assets/default`` and are rebuilt with the commands in ``assets/README.md``.
+image grid tokens, a byte-level BPE text tokenizer (2,048 ids) and the ``tiny`` image and audio
+tokenizers (1,000 codes each) trained on shapes world. Its files are in ``polymodal/assets/default``
+and are rebuilt with the commands in ``assets/README.md``.
 """
 
 from __future__ import annotations

@@ -89,8 +89,9 @@ def write_roundtrip(tokenizer: DocumentTokenizer, document: Document, out: str |
     """
     out = Path(out)
     decoded = tokenizer.decode(tokenizer.encode(document))
-    decoded.save(out.with_suffix(".json"))
-    written = [out.with_suffix(".json")]
+    target = out.parent / f"{out.name}.json"  # not with_suffix: "clip.v2" must not become "clip.json"
+    decoded.save(target)
+    written = [target]
     videos = [p for p in decoded.parts if isinstance(p, Video)]
     for k, video in enumerate(videos):
         path = out.parent / f"{out.name}_video{k}.mp4"
