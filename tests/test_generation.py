@@ -157,3 +157,19 @@ def test_top_k_and_top_p_restrict_the_choice():
     assert set(sample(logits, SamplingConfig(top_p=0.5), gen).tolist()) == {0}
     assert sample(logits[:1], SamplingConfig(temperature=0), gen).tolist() == [0]
     assert np.unique(sample(logits, SamplingConfig(), gen).numpy()).size >= 2
+
+
+def test_conditioning_dropout_matches_the_unconditional_branch(run):
+    from polymodal.generation import _unconditional, drop_conditioning
+
+    chat = Document.chat(("user", "draw a red circle"), ("assistant", [red()]))
+    dropped = drop_conditioning(chat)
+    assert [m.role for m in dropped.messages] == ["user", "assistant"] and dropped.messages[0].parts == (Text(""),)
+    assert dropped.messages[1] == chat.messages[1]
+    # the training form without its target is exactly what generation feeds the unconditional branch
+    prompt = Document.chat(("user", "draw a red circle"))
+    training_prefix = run.tokenizer.encode(drop_conditioning(chat), add_eos=False)
+    uncond = _unconditional(run, prompt)
+    assert training_prefix.ids[: len(uncond)].tolist() == uncond.ids.tolist()
+    plain = drop_conditioning(Document.of("draw a red circle", red()))
+    assert plain.parts[0] == Text("") and isinstance(plain.parts[1], Image)

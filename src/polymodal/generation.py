@@ -25,7 +25,7 @@ import torch
 
 from polymodal import positions as P
 from polymodal import vocab as V
-from polymodal.content import Document, Part, Text
+from polymodal.content import Document, Message, Part, Text
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.model.transformer import KVCache
 from polymodal.run import Run
@@ -225,12 +225,24 @@ def _prompt_sequence(run: Run, prompt: Document) -> TokenSequence:
     return run.tokenizer.encode(prompt, add_generation_prompt=prompt.is_chat, add_eos=False)
 
 
+def drop_conditioning(document: Document, *, keep_last: bool = True) -> Document:
+    """The document with its conditioning removed, as classifier-free guidance needs it.
+
+    The trainer swaps a training document for this with some probability (conditioning dropout);
+    generation builds its unconditional branch the same way, so the two always agree. In a chat,
+    every turn but the last becomes an empty user turn; in a plain document every part but the last
+    becomes empty text. ``keep_last=False`` blanks everything (a prompt with no target yet).
+    """
+    if document.is_chat:
+        last = [document.messages[-1]] if keep_last and document.messages[-1].role == "assistant" else []
+        return Document([Message("user", (Text(""),)), *last])
+    return Document.of("", document.parts[-1]) if keep_last else Document.of("")
+
+
 def _unconditional(run: Run, prompt: Document) -> TokenSequence:
-    # What the model saw when conditioning was dropped in training: the bare frame of the prompt.
-    empty = Document.chat(("user", "")) if prompt.is_chat else None
-    if empty is None:
-        return run.tokenizer.encode(Document.of(""), add_eos=False)
-    return run.tokenizer.encode(empty, add_generation_prompt=True, add_eos=False)
+    # What the model saw when conditioning was dropped in training (see drop_conditioning).
+    empty = drop_conditioning(prompt, keep_last=False)
+    return run.tokenizer.encode(empty, add_generation_prompt=prompt.is_chat, add_eos=False)
 
 
 def stream(
@@ -375,6 +387,6 @@ def generate(
 
 
 __all__ = [
-    "DirectionNotSupportedError", "Event", "Finished", "Generation", "Grammar", "PartDone",
+    "DirectionNotSupportedError", "drop_conditioning", "Event", "Finished", "Generation", "Grammar", "PartDone",
     "SamplingConfig", "TextDelta", "generate", "sample", "stream",
 ]  # fmt: skip
