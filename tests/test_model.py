@@ -155,3 +155,15 @@ def test_tied_and_untied_heads():
     untied = Transformer(preset("debug", VOCAB, tie_embeddings=False))
     assert tied.head is None and untied.head is not None
     assert untied.num_parameters() - tied.num_parameters() == VOCAB * tied.config.dim
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+def test_larger_presets_forward_backward(name):
+    # 1b (4 GB of fp32 weights, 8 with gradients) is left to GPU runs; its shape is checked above.
+    torch.manual_seed(0)
+    model = Transformer(preset(name, 512))
+    ids, pos, modality = batch(B=1, L=8, vocab=512)
+    logits = model(ids, pos, modality)
+    assert torch.isfinite(logits).all()
+    logits.float().logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
