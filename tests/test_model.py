@@ -167,3 +167,22 @@ def test_larger_presets_forward_backward(name):
     assert torch.isfinite(logits).all()
     logits.float().logsumexp(-1).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_packed_documents_do_not_see_each_other():
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", VOCAB)).eval()
+    a_ids, a_pos, _ = batch(B=1, L=5, seed=1)
+    b_ids, b_pos, _ = batch(B=1, L=7, seed=2)
+    packed_ids = torch.cat([a_ids, b_ids], 1)
+    packed_pos = torch.cat([a_pos, b_pos], 1)  # each document's positions restart at 0
+    documents = torch.tensor([[0] * 5 + [1] * 7])
+    with torch.no_grad():
+        packed = model(packed_ids, packed_pos, document_ids_BL=documents)
+        alone_a, alone_b = model(a_ids, a_pos), model(b_ids, b_pos)
+        leaky = model(packed_ids, packed_pos)
+    torch.testing.assert_close(packed[:, :5], alone_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[:, 5:], alone_b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(leaky[:, 5:], alone_b, atol=1e-3)
+    with pytest.raises(ValueError, match="packed documents"):
+        model(packed_ids, packed_pos, document_ids_BL=documents, cache=KVCache(model.config, 1, 16))

@@ -207,17 +207,21 @@ class Transformer(nn.Module):
         modality_BL: torch.Tensor | None = None,
         attention_mask_BL: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        document_ids_BL: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, L, V]``.
 
         ``attention_mask_BL`` marks real tokens (False on padding). With a ``cache``, the new tokens
-        attend to everything cached so far and are appended to it.
+        attend to everything cached so far and are appended to it. ``document_ids_BL`` packs several
+        documents in a row: a token attends only to earlier tokens of its own document.
         """
         if self.config.modality_experts and modality_BL is None:
             raise ValueError("a model with modality_experts needs each token's modality")
+        if document_ids_BL is not None and cache is not None:
+            raise ValueError("packed documents are for training; decode one document per row with a cache")
         B, L = ids_BL.shape
         cos, sin = self.rotary(positions_BL3)
-        mask = self._mask(B, L, attention_mask_BL, cache, ids_BL.device)
+        mask = self._mask(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
         x = self.embed(ids_BL)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, index, modality_BL)
@@ -228,9 +232,9 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _mask(B: int, L: int, attention_mask_BL: torch.Tensor | None, cache: KVCache | None,
-              device: torch.device) -> torch.Tensor | None:  # fmt: skip
+              device: torch.device, document_ids_BL: torch.Tensor | None = None) -> torch.Tensor | None:  # fmt: skip
         """A boolean ``[B, 1, L, S]`` mask (True = may attend), or None for the plain causal fast path."""
-        if cache is None and attention_mask_BL is None:
+        if cache is None and attention_mask_BL is None and document_ids_BL is None:
             return None
         past = cache.length if cache is not None else 0
         S = past + L
@@ -245,9 +249,15 @@ class Transformer(nn.Module):
             cache.valid[:, past:S] = new
             keys_valid = cache.valid[:, :S]
         else:
-            keys_valid = attention_mask_BL
+            keys_valid = (
+                attention_mask_BL
+                if attention_mask_BL is not None
+                else torch.ones(B, L, dtype=torch.bool, device=device)
+            )
         causal = torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=past)
         mask = causal.unsqueeze(0) & keys_valid[:, None, :]
+        if document_ids_BL is not None:  # block-causal: no attention across packed documents
+            mask &= document_ids_BL[:, :, None] == document_ids_BL[:, None, :]
         # A padded query row with no key to attend would make SDPA return NaN: let it see itself.
         rows = torch.arange(L, device=device)
         mask[:, rows, past + rows] = True
