@@ -205,6 +205,20 @@ def train_text(
     typer.echo(f"trained a text BPE with {trained.vocab_size} ids on {len(files)} files -> {out}")
 
 
+def _train_config(steps: int, batch_size: int, lr: float, seed: int):
+    from polymodal.tokenizers.training import TrainConfig
+
+    # four held-out evaluations per run; the bar only on a terminal (a log file gets the eval lines)
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        eval_every=max(1, steps // 4),
+        progress=sys.stderr.isatty(),
+    )
+
+
 def _train_media(module, tokenizer_cls, sources: list[Path], out: Path, preset: str, train, data_fn) -> None:
     """Shared by ``train image`` and ``train audio``: gather data, train, save, report."""
     from polymodal.tokenizers.recipes import write_report
@@ -242,16 +256,8 @@ def train_image(
     """Train the image tokenizer (autoencoder + FSQ) and report held-out PSNR."""
     from polymodal.tokenizers import image
     from polymodal.tokenizers.recipes import image_data
-    from polymodal.tokenizers.training import TrainConfig
 
-    train = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        eval_every=max(1, steps // 4),
-        progress=sys.stderr.isatty(),
-    )
+    train = _train_config(steps, batch_size, lr, seed)
 
     def data(config):
         return image_data(sources or [], side=config.buckets[-1], seed=seed, corpus_images=corpus_images)
@@ -275,16 +281,8 @@ def train_audio(
     """Train the audio tokenizer (mel encoder + FSQ + STFT decoder) and report held-out mel distance."""
     from polymodal.tokenizers import audio
     from polymodal.tokenizers.recipes import audio_data
-    from polymodal.tokenizers.training import TrainConfig
 
-    train = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        eval_every=max(1, steps // 4),
-        progress=sys.stderr.isatty(),
-    )
+    train = _train_config(steps, batch_size, lr, seed)
     _train_media(
         audio,
         audio.AudioTokenizer,
