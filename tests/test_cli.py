@@ -173,3 +173,21 @@ def test_generate_command_writes_each_output(tmp_path):
     assert (tmp_path / "out" / "output.txt").read_text().rstrip("\n") == result.output.splitlines()[0]
     refused = runner.invoke(app, [*common, "--image", str(picture), "--output", "audio"])
     assert refused.exit_code == 2 and "image+text->audio" in refused.output
+
+
+def test_pretokenize_command(tmp_path):
+    from polymodal.data.tokenized import TokenizedDataset
+
+    shards = tmp_path / "shapes"
+    assert (
+        run(
+            "data", "make", "shapes", "--out", str(shards), "--n", "4", "--workers", "1", "--kind", "image_caption"
+        ).exit_code
+        == 0
+    )
+    doc = write_sample(tmp_path / "sample")
+    result = run("data", "pretokenize", str(shards), str(doc), "--out", str(tmp_path / "tok"), "--max-length", "256")
+    assert result.exit_code == 0, result.output
+    data = TokenizedDataset(tmp_path / "tok")
+    assert len(data) == 5 and data.lengths().max() <= 256
+    data.check_vocabulary(DocumentTokenizer.load(default_vocabulary_dir()).vocab)

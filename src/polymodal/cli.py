@@ -386,6 +386,38 @@ def make_shapes_cmd(
     typer.echo(f"{n} samples in {len(shards)} shards -> {out}")
 
 
+@data_app.command("pretokenize")
+def pretokenize_cmd(
+    sources: Annotated[
+        list[Path], typer.Argument(help="Shapes-world shard folders or .tar shards, or document .json files.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tokenized arrays.")],
+    vocab: VocabOption = None,
+    max_length: Annotated[int, typer.Option(help="Longer documents are cut at a media-safe point.", min=8)] = 2048,
+) -> None:
+    """Encode documents once into memory-mapped arrays that training reads (media never re-encoded)."""
+    from polymodal.content import Document
+    from polymodal.data.shapes import read_shards
+    from polymodal.data.tokenized import write_tokenized
+
+    def documents():
+        for source in sources:
+            if source.suffix.lower() == ".json":
+                yield Document.load(source)
+            else:
+                yield from (sample.document for sample in read_shards([source] if source.is_file() else source))
+
+    try:
+        tokenizer = _load_tokenizer(vocab)
+        write_tokenized(documents(), tokenizer, out, max_length=max_length, progress=sys.stderr.isatty())
+    except (PolymodalError, FileNotFoundError, FileExistsError) as exc:
+        _fail(exc)
+    from polymodal.data.tokenized import TokenizedDataset
+
+    data = TokenizedDataset(out)
+    typer.echo(f"{len(data)} documents, {int(data.lengths().sum())} tokens -> {out}")
+
+
 @app.command("sample")
 def sample_cmd(directory: Annotated[Path, typer.Argument(help="Folder to write the sample into.")]) -> None:
     """Write the built-in sample document (sample.json, a PNG and a WAV) to a folder."""
