@@ -125,15 +125,34 @@ class Grammar:
                 raise ConfigError(f"grid {sampling.grid} has no grid token in this vocabulary ({vocab.grids})")
             self.grid_ids = {vocab.grid_id(*sampling.grid): sampling.grid}
 
+        # Every mask a step can need, built once (allowed() runs for every row at every step).
+        special = vocab.special_id
+        self.masks = {
+            "image_start": self._only([special(V.IMAGE_START)]),
+            "grid": self._only(list(self.grid_ids)),
+            "image_end": self._only([special(V.IMAGE_END)]),
+            "audio_start": self._only([special(V.AUDIO_START)]),
+            "audio_end": self._only([special(V.AUDIO_END)]),
+        }
+        for modality in ("image", "audio"):
+            if vocab.has_modality(modality):
+                r = vocab.range(modality)
+                self.masks[modality] = self._only(range(r.start, r.stop))
+        if "audio" in self.masks:
+            self.masks["audio_or_end"] = self.masks["audio"] | self.masks["audio_end"]
+        self.audio_cap = max(1, int(sampling.max_audio_seconds * (audio_rate or 25.0)))
+
+    def max_tokens(self, output: Output) -> int:
+        """The most tokens an output can take: text's limit, or a whole media span with its delimiters."""
+        if output == "image":
+            return 3 + max(h * w for h, w in self.grid_ids.values())
+        if output == "audio":
+            return 2 + self.audio_cap
+        return self.sampling.max_new_tokens
+
     def _only(self, ids: Sequence[int]) -> torch.Tensor:
         mask = torch.zeros(self.vocab.size, dtype=torch.bool)
         mask[list(ids)] = True
-        return mask
-
-    def _range(self, modality: str) -> torch.Tensor:
-        r = self.vocab.range(modality)
-        mask = torch.zeros(self.vocab.size, dtype=torch.bool)
-        mask[r.start : r.stop] = True
         return mask
 
     def allowed(self, row: _Row) -> torch.Tensor:
@@ -141,21 +160,15 @@ class Grammar:
             return self.text_mask
         if row.output == "image":
             if not row.ids:
-                return self._only([self.vocab.special_id(V.IMAGE_START)])
+                return self.masks["image_start"]
             if row.grid is None:
-                return self._only(list(self.grid_ids))
-            if row.codes < row.grid[0] * row.grid[1]:
-                return self._range("image")
-            return self._only([self.vocab.special_id(V.IMAGE_END)])
+                return self.masks["grid"]
+            return self.masks["image"] if row.codes < row.grid[0] * row.grid[1] else self.masks["image_end"]
         if not row.ids:
-            return self._only([self.vocab.special_id(V.AUDIO_START)])
-        cap = max(1, int(self.sampling.max_audio_seconds * (self.audio_rate or 25.0)))
-        if row.codes >= cap:
-            return self._only([self.vocab.special_id(V.AUDIO_END)])
-        mask = self._range("audio")
-        if row.codes > 0:
-            mask[self.vocab.special_id(V.AUDIO_END)] = True
-        return mask
+            return self.masks["audio_start"]
+        if row.codes >= self.audio_cap:
+            return self.masks["audio_end"]
+        return self.masks["audio_or_end"] if row.codes > 0 else self.masks["audio"]
 
     def position(self, row: _Row, token: int) -> list[int]:
         """The (t, h, w) of ``token`` placed next in ``row`` (before the row is advanced)."""
@@ -275,7 +288,7 @@ def stream(
     starts = [P.next_index(0, s.positions) for s in sequences]
     rows = [_Row(output, index=starts[b]) for b in range(B)]
     uncond_starts = starts[B:]
-    budget = sampling.max_new_tokens if output == "text" else _media_budget(vocab, sampling, audio_rate, output)
+    budget = grammar.max_tokens(output)
     batch = pad_batch(sequences, vocab.pad_id, side="left").to(device)
     dtype = next(model.parameters()).dtype
     capacity = batch.ids.shape[1] + budget + 1
@@ -315,22 +328,16 @@ def stream(
             done = torch.tensor([r.done for r in rows] * (2 if guided else 1))
             step_mask = (~done).view(-1, 1).to(device)
             step_mod = vocab.modality_of(step_ids.cpu()).to(device)
-            ids_all = torch.cat([ids_all, step_ids], 1)
-            pos_all = torch.cat([pos_all, step_pos], 1)
-            mask_all = torch.cat([mask_all, step_mask], 1)
-            mod_all = torch.cat([mod_all, step_mod], 1)
+            if cache is None:  # without a cache every step re-reads the whole sequence
+                ids_all = torch.cat([ids_all, step_ids], 1)
+                pos_all = torch.cat([pos_all, step_pos], 1)
+                mask_all = torch.cat([mask_all, step_mask], 1)
+                mod_all = torch.cat([mod_all, step_mod], 1)
     for b, row in enumerate(rows):
         generation = _finish(run, row, text_sent[b], sampling, len(sequences[b]))
         if output != "text":
             yield PartDone(b, generation.part)
         yield Finished(b, generation)
-
-
-def _media_budget(vocab: Vocabulary, sampling: SamplingConfig, audio_rate: float | None, output: Output) -> int:
-    if output == "image":
-        grids = [sampling.grid] if sampling.grid else vocab.grids
-        return 3 + max(h * w for h, w in grids)
-    return 3 + max(1, int(sampling.max_audio_seconds * (audio_rate or 25.0)))
 
 
 def _visible_text(run: Run, row: _Row, sampling: SamplingConfig) -> tuple[str, bool]:

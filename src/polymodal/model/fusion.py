@@ -133,11 +133,10 @@ class LateFusion(nn.Module):
         backbone = self.backbone
         B, L = ids_BL.shape
         cos, sin = backbone.rotary(positions_BL3)
-        mask = backbone._mask(B, L, attention_mask_BL, None, ids_BL.device)
+        mask = backbone.causal_mask(B, L, attention_mask_BL, None, ids_BL.device)
         x = backbone.embed(ids_BL)
         for index, layer in enumerate(backbone.layers):
             if str(index) in self.cross:
                 x = self.cross[str(index)](x, media, visible_BL)
             x = layer(x, cos, sin, mask, None, index, modality_BL)
-        x = backbone.norm(x)
-        return F.linear(x, backbone.embed.weight) if backbone.head is None else backbone.head(x)
+        return backbone.logits(x)

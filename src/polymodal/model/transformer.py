@@ -221,17 +221,21 @@ class Transformer(nn.Module):
             raise ValueError("packed documents are for training; decode one document per row with a cache")
         B, L = ids_BL.shape
         cos, sin = self.rotary(positions_BL3)
-        mask = self._mask(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
+        mask = self.causal_mask(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
         x = self.embed(ids_BL)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, index, modality_BL)
         if cache is not None:
             cache.length += L
-        x = self.norm(x)
+        return self.logits(x)
+
+    def logits(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        """Final norm and the head over the whole vocabulary (tied to the embedding or its own)."""
+        x = self.norm(x_BLD)
         return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
 
     @staticmethod
-    def _mask(B: int, L: int, attention_mask_BL: torch.Tensor | None, cache: KVCache | None,
+    def causal_mask(B: int, L: int, attention_mask_BL: torch.Tensor | None, cache: KVCache | None,
               device: torch.device, document_ids_BL: torch.Tensor | None = None) -> torch.Tensor | None:  # fmt: skip
         """A boolean ``[B, 1, L, S]`` mask (True = may attend), or None for the plain causal fast path."""
         if cache is None and attention_mask_BL is None and document_ids_BL is None:
