@@ -27,10 +27,10 @@ from polymodal import positions as P
 from polymodal import vocab as V
 from polymodal.content import Document, Message, Part, Text
 from polymodal.errors import ConfigError, PolymodalError
-from polymodal.model.transformer import KVCache
+from polymodal.model.fusion import LateFusion, MediaInputs, late_fusion_batch
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
-from polymodal.tokenizers.sequence import TokenSequence, pad_batch
+from polymodal.tokenizers.sequence import TokenBatch, TokenSequence, pad_batch
 from polymodal.vocab import Vocabulary
 
 Output = Literal["text", "image", "audio"]
@@ -273,6 +273,8 @@ def stream(
         raise ConfigError(f"output must be 'text', 'image' or 'audio', got {output!r}")
     if not prompts:
         return
+    if isinstance(run.model, LateFusion) and output != "text":
+        raise DirectionNotSupportedError(f"a late-fusion run writes text only, not {output}")
     if check_direction:
         for prompt in prompts:
             _check_direction(run, prompt, output)
@@ -289,10 +291,12 @@ def stream(
     rows = [_Row(output, index=starts[b]) for b in range(B)]
     uncond_starts = starts[B:]
     budget = grammar.max_tokens(output)
-    batch = pad_batch(sequences, vocab.pad_id, side="left").to(device)
+    batch, media = _prompt_batch(run, sequences)
+    batch = batch.to(device)
+    media = media.to(device) if media is not None else None
     dtype = next(model.parameters()).dtype
     capacity = batch.ids.shape[1] + budget + 1
-    cache = KVCache(model.config, len(sequences), capacity, device=device, dtype=dtype) if use_cache else None
+    cache = model.new_cache(len(sequences), capacity, device=device, dtype=dtype) if use_cache else None
     generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
     ids_all, pos_all, mask_all, mod_all = batch.ids, batch.positions, batch.attention_mask, batch.modality
     step_ids, step_pos, step_mask, step_mod = ids_all, pos_all, mask_all, mod_all
@@ -300,9 +304,11 @@ def stream(
     with torch.no_grad():
         for _ in range(budget):
             if cache is not None:
-                logits = model(step_ids, step_pos, step_mod, step_mask, cache=cache)[:, -1]
+                extra = {"media": media} if media is not None and cache.length == 0 else {}
+                logits = model(step_ids, step_pos, step_mod, step_mask, cache=cache, **extra)[:, -1]
             else:
-                logits = model(ids_all, pos_all, mod_all, mask_all)[:, -1]
+                extra = {"media": _read_all(media, ids_all.shape[1])} if media is not None else {}
+                logits = model(ids_all, pos_all, mod_all, mask_all, **extra)[:, -1]
             logits = logits.float().cpu()
             if guided:
                 cond, uncond = logits[:B], logits[B:]
@@ -338,6 +344,23 @@ def stream(
         if output != "text":
             yield PartDone(b, generation.part)
         yield Finished(b, generation)
+
+
+def _prompt_batch(run: Run, sequences: list[TokenSequence]) -> tuple[TokenBatch, MediaInputs | None]:
+    """Left-padded prompts; for late fusion the text stream and its media stream."""
+    if isinstance(run.model, LateFusion):
+        text, media, _ = late_fusion_batch(sequences, run.tokenizer.vocab, side="left")
+        return text, media
+    return pad_batch(sequences, run.tokenizer.vocab.pad_id, side="left"), None
+
+
+def _read_all(media: MediaInputs, length: int) -> MediaInputs:
+    """Late fusion without a cache: generated tokens (past the prompt) read every media token of the prompt."""
+    extra = length - media.visible.shape[1]
+    if extra <= 0:
+        return media
+    everything = media.valid.sum(dim=1, keepdim=True).expand(-1, extra)
+    return MediaInputs(media.ids, media.positions, media.valid, torch.cat([media.visible, everything], 1))
 
 
 def _visible_text(run: Run, row: _Row, sampling: SamplingConfig) -> tuple[str, bool]:

@@ -3,7 +3,7 @@
 Layout::
 
     RUN/
-      run.json            model config, the directions the run supports, format version
+      run.json            architecture, model config, the directions the run supports, format version
       vocab.json          the unified vocabulary
       tokenizers/<mod>/   each modality tokenizer
       model.safetensors   the weights
@@ -11,7 +11,8 @@ Layout::
 Saving is atomic for the whole folder: it is written beside the target and renamed into place, so
 an interrupted save leaves the previous run intact. A run declares its *directions* (e.g.
 ``"image->text"``); generation refuses the directions a run never learned instead of producing
-garbage.
+garbage. The architecture is ``early`` (the native :class:`Transformer`) or ``late`` (the
+:class:`~polymodal.model.fusion.LateFusion` rival, which writes text only).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from safetensors.torch import save as save_safetensors
 from polymodal.errors import ConfigError
 from polymodal.files import staging_directory, swap_directory, write_bytes_atomic, write_text_atomic
 from polymodal.model.config import ModelConfig
+from polymodal.model.fusion import LateFusion, LateFusionConfig
 from polymodal.model.transformer import Transformer
 from polymodal.tokenizers.document import DocumentTokenizer
 
@@ -38,6 +40,20 @@ RUN_FILENAME = "run.json"
 WEIGHTS_FILENAME = "model.safetensors"
 FORMAT_VERSION = 1
 MODALITIES = ("text", "image", "audio", "video")
+ARCHITECTURES = {"early": (Transformer, ModelConfig), "late": (LateFusion, LateFusionConfig)}
+Model = Transformer | LateFusion
+
+
+def architecture_of(model: Model) -> str:
+    return "late" if isinstance(model, LateFusion) else "early"
+
+
+def build_model(architecture: str, config: dict) -> Model:
+    """The model an architecture name and its config dict (as saved in run.json) describe."""
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {architecture!r}; available: {', '.join(ARCHITECTURES)}")
+    model_cls, config_cls = ARCHITECTURES[architecture]
+    return model_cls(config_cls.from_dict(config))
 
 
 def parse_direction(direction: str) -> tuple[frozenset[str], str]:
@@ -54,7 +70,7 @@ def parse_direction(direction: str) -> tuple[frozenset[str], str]:
 
 @dataclass
 class Run:
-    model: Transformer
+    model: Model
     tokenizer: DocumentTokenizer
     directions: tuple[str, ...] = field(default_factory=tuple)
 
@@ -66,6 +82,14 @@ class Run:
             raise ConfigError(
                 f"the model has {self.model.config.vocab_size} ids but the vocabulary {self.tokenizer.vocab.size}"
             )
+        if self.architecture == "late":
+            writes_media = [d for d in self.directions if parse_direction(d)[1] != "text"]
+            if writes_media:
+                raise ConfigError(f"a late-fusion run writes text only; it cannot declare {', '.join(writes_media)}")
+
+    @property
+    def architecture(self) -> str:
+        return architecture_of(self.model)
 
     def supports(self, inputs: Iterable[str], output: str) -> bool:
         """Whether some declared direction covers these input modalities and this output."""
@@ -83,6 +107,7 @@ class Run:
             write_bytes_atomic(staging / WEIGHTS_FILENAME, save_safetensors(state))
             meta = {
                 "format_version": FORMAT_VERSION,
+                "architecture": self.architecture,
                 "model": self.model.config.to_dict(),
                 "directions": list(self.directions),
             }
@@ -102,12 +127,12 @@ class Run:
             raise ConfigError(f"{directory}: not a polymodal run (no {RUN_FILENAME})") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{directory / RUN_FILENAME}: not valid JSON ({exc})") from exc
-        unknown = set(meta) - {"format_version", "model", "directions"}
+        unknown = set(meta) - {"format_version", "architecture", "model", "directions"}
         if unknown or meta.get("format_version") != FORMAT_VERSION:
             raise ConfigError(
                 f"{directory / RUN_FILENAME}: unknown keys {sorted(unknown)} or unsupported format version"
             )
-        model = Transformer(ModelConfig.from_dict(meta["model"]))
+        model = build_model(meta.get("architecture", "early"), meta["model"])
         try:
             model.load_state_dict(load_file(str(directory / WEIGHTS_FILENAME), device=str(device)))
         except (OSError, RuntimeError, SafetensorError) as exc:

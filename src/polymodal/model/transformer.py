@@ -196,6 +196,11 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, std=0.02)
 
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> KVCache:  # fmt: skip
+        """An empty KV cache for decoding ``batch_size`` rows of up to ``max_len`` tokens."""
+        return KVCache(self.config, batch_size, max_len, device=device, dtype=dtype)
+
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())
         return total - self.embed.weight.numel() if exclude_embeddings else total
