@@ -1,8 +1,9 @@
 """The ``polymodal`` command line. It parses arguments and calls the library; nothing else.
 
 Commands: ``tokenize`` (show how files become tokens, and what comes back), ``generate`` (run a
-model), ``vocab show|describe|build``, ``tokenizer train text|image|audio``, ``data make shapes``
-(the built-in corpus) and ``sample`` (write the sample document).
+model), ``train`` (a recipe), ``quickstart`` (the whole CPU recipe), ``vocab show|describe|build``,
+``tokenizer train text|image|audio``, ``data make shapes`` (the built-in corpus), ``data pretokenize``
+and ``sample`` (write the sample document).
 """
 
 from __future__ import annotations
@@ -416,6 +417,59 @@ def pretokenize_cmd(
 
     data = TokenizedDataset(out)
     typer.echo(f"{len(data)} documents, {int(data.lengths().sum())} tokens -> {out}")
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Annotated[str, typer.Argument(help="A recipe file (.json/.toml) or a built-in recipe name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Training folder (checkpoints, metrics, run/).")],
+    data: Annotated[
+        Path | None, typer.Option(help="For a built-in recipe: the folder of tokenized corpus folders it reads.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: a GPU if there is one).")] = None,
+    strategy: Annotated[str, typer.Option(help="Data parallelism under torchrun: ddp or fsdp.")] = "ddp",
+    scale: Annotated[float, typer.Option(help="For a built-in recipe: multiply every stage's steps.", min=0.0)] = 1.0,
+) -> None:
+    """Train a model through a recipe's stages (launch with torchrun for several processes or GPUs)."""
+    from polymodal.train.loop import Trainer
+    from polymodal.train.stages import get_recipe, list_recipes, load_recipe
+
+    try:
+        if recipe in list_recipes():
+            if data is None:
+                _fail(f"the built-in recipe {recipe!r} reads tokenized corpus folders: give --data DIR")
+            loaded = get_recipe(recipe, data, scale=scale)
+        else:
+            loaded = load_recipe(recipe)
+        trainer = Trainer(loaded, out, resume=resume, device=device, strategy=strategy)
+        trainer.fit()
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(exc)
+    if trainer.distributed.main:
+        typer.echo(f"trained {loaded.name} -> {out / 'run'}")
+
+
+@app.command("quickstart")
+def quickstart_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the corpus, training, run and samples.")] = Path(
+        "quickstart"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted quickstart in --out.")] = False,
+    scale: Annotated[float, typer.Option(help="Multiply the training steps (0.1 for a smoke test).", min=0.0)] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus, the initial weights and the data order.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes for corpus generation and data loading.", min=0)] = 2,
+) -> None:
+    """The whole CPU recipe: corpus -> tokenizers -> align -> pretrain -> instruct -> held-out questions -> samples."""
+    from polymodal.train.quickstart import QuickstartConfig, run_quickstart
+
+    config = QuickstartConfig(scale=scale, seed=seed, workers=workers)
+    try:
+        report = run_quickstart(out, config, resume=resume, progress=sys.stderr.isatty(), say=typer.echo)
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(report.format())
+    typer.echo(f"run -> {out / 'run'}   samples -> {out / 'samples'}   report -> {out / 'report.json'}")
 
 
 @app.command("sample")

@@ -25,7 +25,8 @@ import torch
 
 from polymodal import positions as P
 from polymodal import vocab as V
-from polymodal.content import Document, Message, Part, Text
+from polymodal.content import Document, Part, Text
+from polymodal.content.document import drop_conditioning
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.model.fusion import LateFusion, MediaInputs, late_fusion_batch
 from polymodal.run import Run
@@ -236,20 +237,6 @@ def _check_direction(run: Run, prompt: Document, output: Output) -> None:
 
 def _prompt_sequence(run: Run, prompt: Document) -> TokenSequence:
     return run.tokenizer.encode(prompt, add_generation_prompt=prompt.is_chat, add_eos=False)
-
-
-def drop_conditioning(document: Document, *, keep_last: bool = True) -> Document:
-    """The document with its conditioning removed, as classifier-free guidance needs it.
-
-    The trainer swaps a training document for this with some probability (conditioning dropout);
-    generation builds its unconditional branch the same way, so the two always agree. In a chat,
-    every turn but the last becomes an empty user turn; in a plain document every part but the last
-    becomes empty text. ``keep_last=False`` blanks everything (a prompt with no target yet).
-    """
-    if document.is_chat:
-        last = [document.messages[-1]] if keep_last and document.messages[-1].role == "assistant" else []
-        return Document([Message("user", (Text(""),)), *last])
-    return Document.of("", document.parts[-1]) if keep_last else Document.of("")
 
 
 def _unconditional(run: Run, prompt: Document) -> TokenSequence:

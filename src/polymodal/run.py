@@ -68,6 +68,14 @@ def parse_direction(direction: str) -> tuple[frozenset[str], str]:
     return frozenset(names), output.strip()
 
 
+def check_directions(architecture: str, directions: Iterable[str]) -> None:
+    """Every direction parses, and a late-fusion run declares text outputs only."""
+    parsed = {d: parse_direction(d) for d in directions}
+    writes_media = [d for d, (_, output) in parsed.items() if output != "text"]
+    if architecture == "late" and writes_media:
+        raise ConfigError(f"a late-fusion run writes text only; it cannot declare {', '.join(writes_media)}")
+
+
 @dataclass
 class Run:
     model: Model
@@ -76,16 +84,11 @@ class Run:
 
     def __post_init__(self) -> None:
         self.directions = tuple(sorted(set(self.directions)))
-        for direction in self.directions:
-            parse_direction(direction)
         if self.model.config.vocab_size != self.tokenizer.vocab.size:
             raise ConfigError(
                 f"the model has {self.model.config.vocab_size} ids but the vocabulary {self.tokenizer.vocab.size}"
             )
-        if self.architecture == "late":
-            writes_media = [d for d in self.directions if parse_direction(d)[1] != "text"]
-            if writes_media:
-                raise ConfigError(f"a late-fusion run writes text only; it cannot declare {', '.join(writes_media)}")
+        check_directions(self.architecture, self.directions)
 
     @property
     def architecture(self) -> str:
@@ -121,6 +124,8 @@ class Run:
     @classmethod
     def load(cls, directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> Run:
         directory = Path(directory)
+        if not (directory / RUN_FILENAME).exists() and (directory / "run" / RUN_FILENAME).exists():
+            directory = directory / "run"  # a training folder: its latest exported run
         try:
             meta = json.loads((directory / RUN_FILENAME).read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -27,7 +27,14 @@ decoders of generated ids build them.
 from polymodal.content.audio import Audio
 from polymodal.content.document import Document, Message, Role
 from polymodal.content.image import Image
-from polymodal.content.limits import DEFAULT_LIMITS, MediaLimits, PathLike
+from polymodal.content.limits import (
+    DEFAULT_LIMITS,
+    MediaLimits,
+    PathLike,
+    check_media_file,
+    media_extensions,
+    media_kind_of,
+)
 from polymodal.content.parts import Part, Text, load_part
 from polymodal.content.video import Video, VideoFrame
 
@@ -44,5 +51,8 @@ __all__ = [
     "Text",
     "Video",
     "VideoFrame",
+    "check_media_file",
     "load_part",
+    "media_extensions",
+    "media_kind_of",
 ]

@@ -2,9 +2,10 @@
 orders them, and the document's JSON form.
 
 ``Document.from_json`` / ``Document.load`` read the JSON form (media paths relative to the JSON's
-folder); ``Document.to_json`` / ``Document.save`` write it, with images and frames as PNG and audio
-as WAV beside it. Mistakes in the JSON are :class:`~polymodal.errors.ConfigError` s naming the JSON
-path (``messages[1].content[0].type``), and a media error says which entry named the file.
+folder) and ``Document.check_json`` checks it without opening a media file; ``Document.to_json`` /
+``Document.save`` write it, with images and frames as PNG and audio as WAV beside it. Mistakes in
+the JSON are :class:`~polymodal.errors.ConfigError` s naming the JSON path
+(``messages[1].content[0].type``), and a media error says which entry named the file.
 
 This module knows nothing about file formats or decoding beyond calling the part readers, and
 nothing about tokens.
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
+
 from polymodal.content.audio import Audio
 from polymodal.content.image import DETAILS, Image
-from polymodal.content.limits import DEFAULT_LIMITS, MediaLimits, PathLike, _limits
+from polymodal.content.limits import DEFAULT_LIMITS, MediaLimits, PathLike, _limits, check_media_file
 from polymodal.content.parts import _PART_TYPES, Part, Text
 from polymodal.content.video import Video, VideoFrame, _check_sampling_args
 from polymodal.errors import ConfigError, MediaError, MediaTooLargeError, PolymodalError
@@ -126,7 +129,21 @@ class Document:
         ``{"messages": [{"role": ..., "content": [...] | "text"}]}``, or ``{"parts": [...]}``
         for one plain message. Unknown keys or part types raise ConfigError naming the JSON path.
         """
-        reader = _JsonReader(Path(base_dir), _limits(limits))
+        return cls._from_json(obj, _JsonReader(Path(base_dir), _limits(limits)))
+
+    @classmethod
+    def check_json(cls, obj: Any, *, base_dir: PathLike, limits: MediaLimits | None = None) -> Document:
+        """Check the JSON form as :meth:`from_json` reads it, without opening a media file.
+
+        Every key, type and role is checked, and every media file must pass
+        :func:`~polymodal.content.check_media_file` (exists, not empty, named as its part type).
+        The result has the document's shape (messages, roles, part types) with 1-pixel / 1-sample
+        stand-ins for the media: use it to count and classify, never for its content.
+        """
+        return cls._from_json(obj, _JsonReader(Path(base_dir), _limits(limits), decode=False))
+
+    @classmethod
+    def _from_json(cls, obj: Any, reader: _JsonReader) -> Document:
         _expect_object(obj, "", {"messages", "parts"})
         if ("messages" in obj) == ("parts" in obj):
             raise ConfigError("a document needs exactly one of 'messages' or 'parts'")
@@ -208,6 +225,20 @@ _PART_KEYS = {
 }
 
 
+def drop_conditioning(document: Document, *, keep_last: bool = True) -> Document:
+    """The document with its conditioning removed, as classifier-free guidance needs it.
+
+    The trainer swaps a training document for this with some probability (conditioning dropout);
+    generation builds its unconditional branch the same way, so the two always agree. In a chat,
+    every turn but the last becomes an empty user turn; in a plain document every part but the last
+    becomes empty text. ``keep_last=False`` blanks everything (a prompt with no target yet).
+    """
+    if document.is_chat:
+        last = [document.messages[-1]] if keep_last and document.messages[-1].role == "assistant" else []
+        return Document([Message("user", (Text(""),)), *last])
+    return Document.of("", document.parts[-1]) if keep_last else Document.of("")
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -243,6 +274,22 @@ class _JsonReader:
 
     base_dir: Path
     limits: MediaLimits = field(default=DEFAULT_LIMITS)
+    decode: bool = True  # False: check media files by name only and stand in for them
+
+    def open(self, kind: str, obj: dict, key: str, where: str, **sampling: Any) -> Part:
+        path = self.path(obj, key, where)
+        if self.decode:
+            reader = {"image": Image.open, "audio": Audio.open, "video": Video.open}[kind]
+            return reader(path, limits=self.limits, **sampling)
+        try:
+            check_media_file(path, kind, limits=self.limits)
+        except ConfigError as exc:
+            raise ConfigError(f"{_join(where, key)}: {exc}") from exc
+        source = str(path)
+        if kind == "audio":
+            return Audio(np.zeros(1, np.float32), 1, source=source)
+        image = Image.from_array(np.zeros((1, 1, 3), np.uint8), source=source)
+        return image if kind == "image" else Video((VideoFrame(0.0, image),), None, 0.0, source=source)
 
     def content(self, obj: Any, where: str) -> tuple[Part, ...]:
         if isinstance(obj, str):
@@ -271,9 +318,9 @@ class _JsonReader:
                 detail = obj.get("detail", "auto")
                 if detail not in DETAILS:
                     raise ConfigError(f"{where}.detail: must be one of {', '.join(DETAILS)}, got {detail!r}")
-                return Image.open(self.path(obj, "path", where), limits=self.limits).with_detail(detail)
+                return self.open("image", obj, "path", where).with_detail(detail)
             if kind == "audio":
-                return Audio.open(self.path(obj, "path", where), limits=self.limits)
+                return self.open("audio", obj, "path", where)
             return self.video(obj, where)
         except (MediaError, OSError) as exc:
             if hasattr(exc, "add_note"):  # Python 3.11+: say which JSON entry named the file
@@ -293,7 +340,7 @@ class _JsonReader:
                 _check_sampling_args(fps, max_frames)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
-            return Video.open(self.path(obj, "path", where), fps=fps, max_frames=max_frames, limits=self.limits)
+            return self.open("video", obj, "path", where, fps=fps, max_frames=max_frames)
         extra = {"fps", "max_frames"} & obj.keys()
         if extra:
             raise ConfigError(f"{_join(where, min(extra))}: only valid with 'path'")
@@ -308,10 +355,10 @@ class _JsonReader:
             at = f"{where}.frames[{k}]"
             _expect_object(entry, at, {"time", "path"}, required=("time", "path"))
             times.append(_expect(entry, "time", (int, float), at))
-            images.append(Image.open(self.path(entry, "path", at), limits=self.limits))
+            images.append(self.open("image", entry, "path", at))
         audio = None
         if obj.get("audio") is not None:
-            audio = Audio.open(self.path(obj, "audio", where), limits=self.limits)
+            audio = self.open("audio", obj, "audio", where)
         if "duration" in obj:
             duration = _expect(obj, "duration", (int, float), where)
         else:

@@ -4,7 +4,8 @@
 recognised from a file's first bytes (:func:`_sniff`), never from its name alone; the name only
 helps tell a corrupt file of a format polymodal reads from a file of some other format. The helpers
 here do the checks that need no decoding (exists, is a file, byte size) and turn decoder failures
-into :class:`~polymodal.errors.MediaError` s that name the file.
+into :class:`~polymodal.errors.MediaError` s that name the file. :func:`check_media_file` is the
+cheapest check of all, by ``stat`` and name only, for validating a whole dataset up front.
 
 This module decodes nothing and knows nothing about the part types or documents: the image, audio
 and video modules call it before and around their own decoders.
@@ -257,3 +258,51 @@ def _checked_bytes(data: bytes, name: str | None, limits: MediaLimits) -> tuple[
     source = name or "<bytes>"
     _check_byte_size(len(data), limits, source)
     return bytes(data), source
+
+
+# ----------------------------------------------------------------------------------------------
+# Cheap checks by name, for validating many files before any is opened
+
+
+def media_kind_of(path: PathLike) -> str | None:
+    """``"image"``, ``"audio"`` or ``"video"``: what a file's extension claims it holds, or None.
+
+    Names only, for checks over many files before any is opened; the readers still recognise the
+    format by content when they decode.
+    """
+    return _KIND_OF.get(_EXTENSIONS.get(Path(path).suffix.lower(), ""))
+
+
+def media_extensions(kind: str) -> tuple[str, ...]:
+    """The file extensions :func:`media_kind_of` maps to ``kind`` (``".png"``, ...)."""
+    return tuple(ext for ext, fmt in _EXTENSIONS.items() if _KIND_OF[fmt] == kind)
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def check_media_file(path: PathLike, kind: str, *, limits: MediaLimits | None = None) -> Path:
+    """The checks a media file needs before it is opened, from one ``stat`` and its name.
+
+    ``path`` must be an existing regular file (else :class:`~polymodal.errors.ConfigError`), not
+    empty nor over ``limits.max_bytes``, and named with one of ``kind``'s extensions (else
+    :class:`~polymodal.errors.UnsupportedMediaError`). Nothing is read, so this is cheap enough
+    to run over a whole dataset; corrupt content is only found when the file is decoded.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file")
+    claimed = media_kind_of(path)
+    if claimed != kind:
+        named = f"named like {_a(claimed)} file ({path.suffix})" if claimed else f"extension {path.suffix!r} is"
+        raise UnsupportedMediaError(
+            f"{named} not {_a(kind)} file; {kind} files are named {', '.join(media_extensions(kind))}",
+            source=str(path),
+        )
+    _check_byte_size(stat.st_size, _limits(limits), str(path))
+    return path

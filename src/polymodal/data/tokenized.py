@@ -24,14 +24,54 @@ import torch
 from tqdm.auto import tqdm
 
 from polymodal.content import Document
+from polymodal.content.document import drop_conditioning
 from polymodal.errors import ConfigError
 from polymodal.files import staging_directory, swap_directory, write_text_atomic
-from polymodal.tokenizers.document import DocumentTokenizer, Truncation
+from polymodal.tokenizers.document import DocumentTokenizer, Truncation, part_modality
 from polymodal.tokenizers.sequence import TokenSequence
 from polymodal.vocab import VOCAB_FILENAME, Vocabulary
 
 META_FILENAME = "meta.json"
+UNCONDITIONAL_DIRNAME = "unconditional"
 _ARRAYS = {"ids": np.int32, "modality": np.uint8, "positions": np.int32, "loss_weight": np.float32}
+
+
+class _ArrayWriter:
+    """Appends sequences to the flat array files of one folder and records where each starts."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.files = {name: open(directory / f"{name}.bin", "wb") for name in _ARRAYS}  # noqa: SIM115
+        self.offsets = [0]
+
+    def append(self, seq: TokenSequence) -> int:
+        """Write one sequence; returns its document index."""
+        for name, dtype in _ARRAYS.items():
+            self.files[name].write(np.ascontiguousarray(getattr(seq, name).numpy().astype(dtype)).tobytes())
+        self.offsets.append(self.offsets[-1] + len(seq))
+        return len(self.offsets) - 2
+
+    def close(self, vocab: Vocabulary, meta: dict) -> dict:
+        for f in self.files.values():
+            f.close()
+        np.save(self.directory / "offsets.npy", np.asarray(self.offsets, dtype=np.int64))
+        vocab.save(self.directory)
+        meta = {"documents": len(self.offsets) - 1, "tokens": self.offsets[-1], **meta, "format_version": 1}
+        write_text_atomic(self.directory / META_FILENAME, json.dumps(meta, indent=2) + "\n")
+        return meta
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _generates_media(document: Document) -> bool:
+    """Whether the document's target (last part, or last assistant turn) is an image or audio."""
+    if document.is_chat:
+        last = document.messages[-1]
+        return last.role == "assistant" and any(part_modality(p) in ("image", "audio") for p in last.parts)
+    return bool(document.parts) and part_modality(document.parts[-1]) in ("image", "audio")
 
 
 def write_tokenized(
@@ -41,29 +81,38 @@ def write_tokenized(
     *,
     max_length: int,
     truncation: Truncation = "right",
+    unconditional: bool = True,
     progress: bool = False,
 ) -> Path:
-    """Encode every document once (truncated media-safely to ``max_length``) into ``out_dir``."""
+    """Encode every document once (truncated media-safely to ``max_length``) into ``out_dir``.
+
+    With ``unconditional``, every document that ends in an image or audio also gets its
+    :func:`~polymodal.content.document.drop_conditioning` variant, in ``unconditional/``: the
+    trainer swaps it in for conditioning dropout (classifier-free guidance) without re-encoding.
+    """
     staging = staging_directory(out_dir)
+    writers = {"main": _ArrayWriter(staging)}
+    variants: list[int] = []
     try:
-        files = {name: open(staging / f"{name}.bin", "wb") for name in _ARRAYS}  # noqa: SIM115
-        offsets, total = [0], 0
-        try:
-            for document in tqdm(documents, desc="tokenizing", disable=not progress, unit="doc"):
-                seq = tokenizer.encode(document, max_length=max_length, truncation=truncation)
-                for name, dtype in _ARRAYS.items():
-                    files[name].write(np.ascontiguousarray(getattr(seq, name).numpy().astype(dtype)).tobytes())
-                total += len(seq)
-                offsets.append(total)
-        finally:
-            for f in files.values():
-                f.close()
-        np.save(staging / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-        tokenizer.vocab.save(staging)
-        meta = {"documents": len(offsets) - 1, "tokens": total, "max_length": max_length, "format_version": 1}
-        write_text_atomic(staging / META_FILENAME, json.dumps(meta, indent=2) + "\n")
+        for document in tqdm(documents, desc="tokenizing", disable=not progress, unit="doc"):
+            writers["main"].append(tokenizer.encode(document, max_length=max_length, truncation=truncation))
+            variant = -1
+            if unconditional and _generates_media(document):
+                if "uncond" not in writers:
+                    writers["uncond"] = _ArrayWriter(staging / UNCONDITIONAL_DIRNAME)
+                dropped = drop_conditioning(document)
+                variant = writers["uncond"].append(
+                    tokenizer.encode(dropped, max_length=max_length, truncation=truncation)
+                )
+            variants.append(variant)
+        if "uncond" in writers:
+            writers["uncond"].close(tokenizer.vocab, {"max_length": max_length})
+            np.save(staging / "unconditional.npy", np.asarray(variants, dtype=np.int64))
+        writers["main"].close(tokenizer.vocab, {"max_length": max_length})
         swap_directory(staging, out_dir, marker=META_FILENAME)
     except BaseException:
+        for writer in writers.values():
+            writer.abort()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Path(out_dir)
@@ -88,6 +137,19 @@ class TokenizedDataset:
             if path.stat().st_size != expected:
                 raise ConfigError(f"{path}: {path.stat().st_size} bytes, expected {expected}: the dataset is damaged")
             self.arrays[name] = np.memmap(path, dtype=dtype, mode="r", shape=shape) if total else np.zeros(shape, dtype)
+        self.variants: np.ndarray | None = None
+        self._unconditional: TokenizedDataset | None = None
+        if (self.directory / "unconditional.npy").is_file():
+            self.variants = np.load(self.directory / "unconditional.npy")
+            self._unconditional = TokenizedDataset(self.directory / UNCONDITIONAL_DIRNAME)
+            if len(self.variants) != len(self) or self.variants.max(initial=-1) >= len(self._unconditional):
+                raise ConfigError(f"{self.directory}: the unconditional variants do not match the documents")
+
+    def unconditional(self, index: int) -> TokenSequence | None:
+        """The document without its conditioning (for classifier-free guidance), if it has a variant."""
+        if self.variants is None or self.variants[index] < 0:
+            return None
+        return self._unconditional[int(self.variants[index])]
 
     def check_vocabulary(self, vocab: Vocabulary) -> None:
         """Refuse to train a model on ids from another vocabulary."""

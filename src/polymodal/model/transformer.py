@@ -213,13 +213,28 @@ class Transformer(nn.Module):
         attention_mask_BL: torch.Tensor | None = None,
         cache: KVCache | None = None,
         document_ids_BL: torch.Tensor | None = None,
+        *,
+        hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits ``[B, L, V]``.
+        """Logits ``[B, L, V]`` (with ``hidden``: the final-norm hidden states ``[B, L, D]`` instead).
 
         ``attention_mask_BL`` marks real tokens (False on padding). With a ``cache``, the new tokens
         attend to everything cached so far and are appended to it. ``document_ids_BL`` packs several
         documents in a row: a token attends only to earlier tokens of its own document.
         """
+        x = self.features(ids_BL, positions_BL3, modality_BL, attention_mask_BL, cache, document_ids_BL)
+        return self.norm(x) if hidden else self.logits(x)
+
+    def features(
+        self,
+        ids_BL: torch.Tensor,
+        positions_BL3: torch.Tensor,
+        modality_BL: torch.Tensor | None = None,
+        attention_mask_BL: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        document_ids_BL: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The last block's output ``[B, L, D]`` before the final norm (arguments as :meth:`forward`)."""
         if self.config.modality_experts and modality_BL is None:
             raise ValueError("a model with modality_experts needs each token's modality")
         if document_ids_BL is not None and cache is not None:
@@ -232,7 +247,7 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, cache, index, modality_BL)
         if cache is not None:
             cache.length += L
-        return self.logits(x)
+        return x
 
     def logits(self, x_BLD: torch.Tensor) -> torch.Tensor:
         """Final norm and the head over the whole vocabulary (tied to the embedding or its own)."""

@@ -1,0 +1,321 @@
+"""Training data: mixtures of tokenized datasets → a deterministic plan of rows → batches.
+
+A stage reads a *mixture*: tokenized folders (``polymodal data pretokenize``) with weights.
+
+* :func:`plan_documents` decides from the seed alone which document comes next (each source is
+  read in a fresh permutation every epoch; the source of each draw follows the weights).
+  :func:`plan_rows` packs those documents greedily into rows of ``seq_len`` tokens. Plans are
+  numpy arrays of indices: no token is read to make them.
+* :class:`PackedRows` / :class:`PairItems` are map-style datasets that build item ``i`` of a plan
+  on demand, so DataLoader workers, resuming at row ``k`` and data parallelism (rank r of W takes
+  rows r, r + W, …) all see exactly the same rows.
+* :func:`collate_rows` / :func:`collate_pairs` stack items into a :class:`TrainBatch` /
+  :class:`PairBatch` for the native or the late-fusion model.
+
+Conditioning dropout (classifier-free guidance) swaps a document for its unconditional variant,
+decided by a hash of (seed, row, slot) — no RNG state to save. Per-modality loss weights scale
+each token's loss weight by its modality so that text cannot dominate.
+
+Knows nothing of models or optimizers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from polymodal import vocab as V
+from polymodal.data.tokenized import TokenizedDataset
+from polymodal.errors import ConfigError
+from polymodal.model.fusion import MediaInputs, late_fusion_batch
+from polymodal.tokenizers.sequence import TokenSequence, pad_batch
+from polymodal.vocab import Vocabulary
+
+PAIR_MODALITIES = ("image", "audio", "video")  # the media side of an alignment pair
+
+
+class Mixture:
+    """Tokenized datasets with sampling weights, checked against the run's vocabulary up front."""
+
+    def __init__(self, sources: Mapping[str | os.PathLike, float], vocab: Vocabulary) -> None:
+        if not sources:
+            raise ConfigError("a data mixture needs at least one tokenized dataset")
+        self.paths = [Path(p) for p in sources]
+        self.weights = np.asarray([float(w) for w in sources.values()], dtype=np.float64)
+        if (self.weights <= 0).any() or not np.isfinite(self.weights).all():
+            raise ConfigError(f"mixture weights must be positive numbers, got {list(sources.values())}")
+        self.datasets = []
+        for path in self.paths:
+            if not path.exists():
+                raise ConfigError(f"data {path} does not exist (make it with `polymodal data pretokenize`)")
+            dataset = TokenizedDataset(path)
+            dataset.check_vocabulary(vocab)
+            if len(dataset) == 0:
+                raise ConfigError(f"data {path} holds no documents")
+            self.datasets.append(dataset)
+        self.weights /= self.weights.sum()
+
+    def longest(self) -> int:
+        return max(int(d.lengths().max()) for d in self.datasets)
+
+    def check_fits(self, seq_len: int) -> None:
+        for path, dataset in zip(self.paths, self.datasets, strict=True):
+            longest = int(dataset.lengths().max())
+            if longest > seq_len:
+                raise ConfigError(
+                    f"{path} has a document of {longest} tokens, more than seq_len {seq_len}: "
+                    f"pretokenize with --max-length {seq_len} or raise seq_len"
+                )
+
+
+def plan_documents(mixture: Mixture, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source, document) of the first ``count`` draws from the mixture, a pure function of the seed."""
+    rng = np.random.default_rng([seed, 0])
+    choices = rng.choice(len(mixture.datasets), size=count, p=mixture.weights)
+    documents = np.empty(count, dtype=np.int64)
+    for source, dataset in enumerate(mixture.datasets):
+        where = np.flatnonzero(choices == source)
+        n = len(dataset)
+        epochs = -(-len(where) // n) if len(where) else 0
+        stream = [np.random.default_rng([seed, 1, source, e]).permutation(n) for e in range(epochs)]
+        documents[where] = np.concatenate(stream)[: len(where)] if stream else []
+    return choices.astype(np.int64), documents
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Which documents fill each row: row r holds draws ``starts[r]:starts[r + 1]``."""
+
+    sources: np.ndarray
+    documents: np.ndarray
+    starts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def row(self, r: int) -> list[tuple[int, int]]:
+        a, b = int(self.starts[r]), int(self.starts[r + 1])
+        return list(zip(self.sources[a:b].tolist(), self.documents[a:b].tolist(), strict=True))
+
+
+def plan_rows(mixture: Mixture, n_rows: int, seq_len: int, seed: int) -> RowPlan:
+    """Pack mixture draws greedily, in order, into ``n_rows`` rows of at most ``seq_len`` tokens."""
+    mixture.check_fits(seq_len)
+    lengths = [d.lengths() for d in mixture.datasets]
+    mean = float(np.average([lg.mean() for lg in lengths], weights=mixture.weights))
+    draws = int(n_rows * max(1.0, seq_len / mean) * 1.3) + 16
+    while True:
+        sources, documents = plan_documents(mixture, draws, seed)
+        starts, used = [0], 0
+        for k, (s, d) in enumerate(zip(sources.tolist(), documents.tolist(), strict=True)):
+            n = int(lengths[s][d])
+            if used + n > seq_len:
+                starts.append(k)
+                used = 0
+                if len(starts) == n_rows + 1:
+                    break
+            used += n
+        if len(starts) == n_rows + 1:
+            return RowPlan(sources, documents, np.asarray(starts, dtype=np.int64))
+        draws *= 2  # shorter documents than expected: plan further ahead (same seed, same prefix)
+
+
+def _modality_table(vocab: Vocabulary, loss_weights: Mapping[str, float]) -> torch.Tensor:
+    unknown = set(loss_weights) - set(vocab.modalities)
+    if unknown:
+        raise ConfigError(f"loss_weights: unknown modalities {sorted(unknown)}; this vocabulary has {vocab.modalities}")
+    table = torch.ones(len(vocab.modalities))
+    for name, weight in loss_weights.items():
+        table[vocab.modality_index(name)] = float(weight)
+    return table
+
+
+class PackedRows(Dataset):
+    """Row ``i`` of a plan as one packed sequence plus the document id of every token (-1 on padding)."""
+
+    def __init__(
+        self,
+        mixture: Mixture,
+        plan: RowPlan,
+        seq_len: int,
+        vocab: Vocabulary,
+        *,
+        loss_weights: Mapping[str, float] | None = None,
+        cond_dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if not 0 <= cond_dropout < 1:
+            raise ConfigError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.mixture, self.plan, self.seq_len, self.vocab = mixture, plan, seq_len, vocab
+        self.table = _modality_table(vocab, loss_weights or {})
+        self.cond_dropout, self.seed = cond_dropout, seed
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, r: int) -> tuple[TokenSequence, torch.Tensor]:
+        parts = []
+        drop = np.random.default_rng([self.seed, 2, r]).random(len(self.plan.row(r))) < self.cond_dropout
+        for slot, (source, doc) in enumerate(self.plan.row(r)):
+            dataset = self.mixture.datasets[source]
+            seq = (dataset.unconditional(doc) if drop[slot] else None) or dataset[doc]
+            parts.append(seq)
+        seq = TokenSequence.cat(parts)
+        seq = TokenSequence(seq.ids, seq.modality, seq.positions, seq.loss_weight * self.table[seq.modality])
+        document_ids = torch.cat([torch.full((len(p),), k, dtype=torch.long) for k, p in enumerate(parts)])
+        return seq, document_ids
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Rows for a next-token step; ``media`` only for late fusion (whose ids are the text stream)."""
+
+    ids: torch.Tensor
+    modality: torch.Tensor
+    positions: torch.Tensor
+    loss_weight: torch.Tensor
+    document_ids: torch.Tensor
+    media: MediaInputs | None = None
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        move = lambda t: t.to(device, non_blocking=True)
+        media = self.media.to(device) if self.media is not None else None
+        return TrainBatch(*(move(t) for t in (self.ids, self.modality, self.positions, self.loss_weight,
+                                              self.document_ids)), media)  # fmt: skip
+
+    def pin_memory(self) -> TrainBatch:
+        pin = lambda t: t.pin_memory()
+        return TrainBatch(*(pin(t) for t in (self.ids, self.modality, self.positions, self.loss_weight,
+                                             self.document_ids)), self.media)  # fmt: skip
+
+    @property
+    def tokens(self) -> int:
+        return int((self.document_ids >= 0).sum())
+
+    def model_inputs(self) -> dict:
+        inputs = {
+            "ids_BL": self.ids, "positions_BL3": self.positions, "modality_BL": self.modality,
+            "attention_mask_BL": self.document_ids >= 0, "document_ids_BL": self.document_ids,
+        }  # fmt: skip
+        if self.media is not None:
+            inputs["media"] = self.media
+        return inputs
+
+
+def collate_rows(items: Sequence[tuple[TokenSequence, torch.Tensor]], vocab: Vocabulary, *, late: bool = False,
+                 seq_len: int | None = None) -> TrainBatch:  # fmt: skip
+    """Stack packed rows (right-padded to ``seq_len``, else to the longest); split them for late fusion."""
+    seqs = [s for s, _ in items]
+    docs = [d for _, d in items]
+    if late:
+        text, media, text_docs = late_fusion_batch(seqs, vocab, document_ids=docs)
+        return TrainBatch(text.ids, text.modality, text.positions, text.loss_weight, text_docs, media)
+    batch = pad_batch(seqs, vocab.pad_id, pad_to_multiple_of=seq_len)
+    document_ids = torch.full(batch.ids.shape, -1, dtype=torch.long)
+    for row, d in enumerate(docs):
+        document_ids[row, : len(d)] = d
+    return TrainBatch(batch.ids, batch.modality, batch.positions, batch.loss_weight, document_ids)
+
+
+# -- alignment pairs --------------------------------------------------------------------------------
+
+
+def split_pair(seq: TokenSequence, vocab: Vocabulary) -> tuple[TokenSequence, TokenSequence] | None:
+    """(media span, text) of a two-part document such as image + caption, each re-based to follow a
+    ``<|bos|>`` at index 0; None when the document is not one media span plus text."""
+    starts = {vocab.special_id(s): e for s, e in ((V.IMAGE_START, V.IMAGE_END), (V.AUDIO_START, V.AUDIO_END),
+                                                  (V.VIDEO_START, V.VIDEO_END)) if s in vocab.specials}  # fmt: skip
+    ids = seq.ids.tolist()
+    opened = [i for i, t in enumerate(ids) if t in starts]
+    roles = {vocab.special_id(r) for r in V.ROLE_TOKENS.values()}
+    if len(opened) != 1 or roles.intersection(ids):  # a chat is not a pair
+        return None
+    a = opened[0]
+    end_id = vocab.special_id(starts[ids[a]])
+    b = ids.index(end_id, a) + 1 if end_id in ids[a:] else None
+    if b is None:
+        return None
+    framing = {vocab.bos_id, vocab.eos_id}
+    inside = torch.zeros(len(seq), dtype=torch.bool)
+    inside[a:b] = True
+    is_text = ~inside & ~torch.isin(seq.ids, torch.tensor(sorted(framing)))
+    if not is_text.any():
+        return None
+    return _rebase(seq, inside, vocab), _rebase(seq, is_text, vocab)
+
+
+def _rebase(seq: TokenSequence, keep: torch.Tensor, vocab: Vocabulary) -> TokenSequence:
+    positions = seq.positions[keep]
+    positions = positions - positions.min() + 1
+    bos = TokenSequence(torch.tensor([vocab.bos_id]), torch.zeros(1, dtype=torch.long),
+                        torch.zeros(1, 3, dtype=torch.long), torch.zeros(1))  # fmt: skip
+    span = TokenSequence(seq.ids[keep], seq.modality[keep], positions, torch.ones(int(keep.sum())))
+    return TokenSequence.cat([bos, span])
+
+
+class PairItems(Dataset):
+    """Draw ``i`` of the mixture as an alignment pair (media span, text); documents that are not
+    pairs are refused when the stage starts (:func:`check_pairs`)."""
+
+    def __init__(self, mixture: Mixture, sources: np.ndarray, documents: np.ndarray, vocab: Vocabulary) -> None:
+        self.mixture, self.sources, self.documents, self.vocab = mixture, sources, documents, vocab
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def __getitem__(self, i: int) -> tuple[TokenSequence, TokenSequence]:
+        seq = self.mixture.datasets[int(self.sources[i])][int(self.documents[i])]
+        pair = split_pair(seq, self.vocab)
+        if pair is None:
+            raise ConfigError(f"{self.mixture.paths[int(self.sources[i])]}: document {self.documents[i]} is not a pair")
+        return pair
+
+
+def check_pairs(mixture: Mixture, vocab: Vocabulary) -> None:
+    """Every dataset of an align stage holds media + text pairs (checked on its first document)."""
+    for path, dataset in zip(mixture.paths, mixture.datasets, strict=True):
+        if split_pair(dataset[0], vocab) is None:
+            raise ConfigError(
+                f"{path}: an align stage needs media + text pairs (image + caption, speech + transcript, "
+                "sound + label), and its first document is not one"
+            )
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    media: TrainBatch
+    text: TrainBatch
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(self.media.to(device), self.text.to(device))
+
+    def pin_memory(self) -> PairBatch:
+        return PairBatch(self.media.pin_memory(), self.text.pin_memory())
+
+    @property
+    def tokens(self) -> int:
+        return self.media.tokens + self.text.tokens
+
+
+def collate_pairs(items: Sequence[tuple[TokenSequence, TokenSequence]], vocab: Vocabulary) -> PairBatch:
+    def side(seqs: list[TokenSequence]) -> TrainBatch:
+        batch = pad_batch(seqs, vocab.pad_id)
+        document_ids = torch.where(batch.attention_mask, 0, -1)
+        return TrainBatch(batch.ids, batch.modality, batch.positions, batch.loss_weight, document_ids)
+
+    return PairBatch(side([m for m, _ in items]), side([t for _, t in items]))
+
+
+def loader(dataset: Dataset, indices: Sequence[int], batch_size: int, collate, *, workers: int = 0,
+           pin_memory: bool = False) -> DataLoader:  # fmt: skip
+    """Batches of the given item indices, in that order (the caller slices the plan for resume and ranks)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=list(indices), collate_fn=collate, num_workers=workers,
+        pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+    )  # fmt: skip

@@ -1,0 +1,453 @@
+"""The training loop, kept visible: :func:`train_step`, :func:`evaluate`, and :class:`Trainer`, which
+walks a recipe's stages.
+
+One optimizer step = the step's rows split into micro-batches (gradient accumulation), each
+process taking every W-th row (data parallelism). Losses are weighted sums divided by the weight
+of the *whole* step over all processes, so 2 processes give the same update as 1 process with the
+same global batch, and accumulation gives the same update as one big batch.
+
+AdamW (fused on GPU; no weight decay on gains, biases and gates), linear warmup then cosine decay,
+gradient clipping, bf16 autocast on GPU and fp32 on CPU. A checkpoint every ``checkpoint_every``
+steps and at the end of each stage; ``resume=True`` continues from the newest one exactly — same
+rows, same optimizer state, same schedule — so the losses equal those of a run never stopped.
+
+Output folder::
+
+    OUT/train.json          the recipe and where training stands
+    OUT/metrics.jsonl       one line per step and per evaluation
+    OUT/checkpoints/        step-NNNNNNNN/ (see checkpoint.py)
+    OUT/run/                the run so far (updated after every stage): `polymodal generate OUT`
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from polymodal.errors import ConfigError
+from polymodal.files import write_text_atomic
+from polymodal.model.config import preset
+from polymodal.model.fusion import LateFusion, late_preset
+from polymodal.model.transformer import Transformer
+from polymodal.run import Run, check_directions
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.presets import default_vocabulary_dir
+from polymodal.train import data as D
+from polymodal.train.checkpoint import Checkpoint, TrainerState, latest_checkpoint, save_checkpoint
+from polymodal.train.losses import ContrastiveLoss, next_token_loss_sum
+from polymodal.train.parallelize import Distributed, default_device, init_distributed, parallelize
+from polymodal.train.stages import Recipe, StageConfig
+
+TRAIN_FILENAME = "train.json"
+RUN_DIRNAME = "run"
+
+
+# -- objectives ---------------------------------------------------------------------------------------
+
+
+class NextToken(nn.Module):
+    """Weighted next-token cross-entropy over packed rows."""
+
+    def weight(self, batch: D.TrainBatch) -> torch.Tensor:
+        return batch.loss_weight[:, 1:].float().sum()
+
+    def forward(self, model: nn.Module, batch: D.TrainBatch) -> torch.Tensor:
+        logits = model(**batch.model_inputs())
+        return next_token_loss_sum(logits, batch.ids, batch.loss_weight)[0]
+
+
+class Align(nn.Module):
+    """Symmetric InfoNCE between the pooled hidden states of a media span and of its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contrastive = ContrastiveLoss()
+
+    def weight(self, batch: D.PairBatch) -> torch.Tensor:
+        return torch.tensor(float(len(batch.media.ids)))
+
+    def forward(self, model: nn.Module, batch: D.PairBatch) -> torch.Tensor:
+        a, b = pooled(model, batch.media), pooled(model, batch.text)
+        return self.contrastive(a, b) * len(a)
+
+
+def pooled(model: nn.Module, batch: D.TrainBatch) -> torch.Tensor:
+    """Mean of the final hidden states over a span's tokens (its leading ``<|bos|>`` excluded)."""
+    states = model(**batch.model_inputs(), hidden=True)
+    keep = (batch.document_ids >= 0).clone()
+    keep[:, 0] = False
+    keep = keep.unsqueeze(-1).to(states.dtype)
+    return (states * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+# -- one step, one evaluation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepStats:
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int  # over all processes
+
+
+def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, optimizer: torch.optim.Optimizer,
+               scheduler, *, grad_clip: float, autocast, distributed: Distributed) -> StepStats:  # fmt: skip
+    """One optimizer step over ``micro_batches`` (this process's share of the step's rows)."""
+    weight = distributed.sum(torch.stack([objective.weight(b) for b in micro_batches]).sum().to(_device(model)))
+    weight = weight.clamp(min=1e-8)
+    total = torch.zeros((), device=weight.device)
+    for k, batch in enumerate(micro_batches):
+        last = k == len(micro_batches) - 1
+        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast:
+                loss_sum = objective(model, batch)
+            # DDP averages gradients over processes: scale so that the result is Σ loss / Σ weight.
+            (loss_sum * distributed.world / weight).backward()
+        total += loss_sum.detach().float()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    tokens = distributed.sum(torch.tensor(sum(b.tokens for b in micro_batches), device=weight.device))
+    return StepStats(float(distributed.sum(total) / weight), float(grad_norm), lr, int(tokens))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, objective: nn.Module, batches: Iterator, *, autocast,
+             distributed: Distributed) -> float:  # fmt: skip
+    """The weighted mean loss over ``batches`` (all processes together), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    total, weight = torch.zeros((), device=device), torch.zeros((), device=device)
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast:
+            total += objective(model, batch).float()
+        weight += objective.weight(batch).to(device)
+    model.train(was_training)
+    return float(distributed.sum(total) / distributed.sum(weight).clamp(min=1e-8))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# -- building blocks ----------------------------------------------------------------------------------
+
+
+def build_model(recipe: Recipe, vocab_size: int) -> Transformer | LateFusion:
+    overrides = dict(recipe.model_overrides)
+    if recipe.architecture == "late":
+        return LateFusion(late_preset(recipe.model, vocab_size, **overrides))
+    return Transformer(preset(recipe.model, vocab_size, **overrides))
+
+
+def apply_freeze(model: nn.Module, prefixes: Sequence[str]) -> None:
+    """Train every parameter except those whose name starts with one of ``prefixes``."""
+    _check_prefixes([name for name, _ in model.named_parameters()], prefixes, "freeze")
+    if isinstance(model, LateFusion) and model.config.freeze_encoder:
+        prefixes = (*prefixes, "encoder.")
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(tuple(prefixes)))
+
+
+def _check_prefixes(names: Sequence[str], prefixes: Sequence[str], where: str) -> None:
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            roots = sorted({name.split(".")[0] for name in names})
+            raise ConfigError(f"{where}: no parameter name starts with {prefix!r} (top-level names: {roots})")
+
+
+def build_optimizer(model: nn.Module, objective: nn.Module, stage: StageConfig, device: torch.device):
+    """AdamW over the trainable parameters (no decay for 1-D ones) and its warmup + cosine schedule."""
+    params = [p for p in [*model.parameters(), *objective.parameters()] if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": stage.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=stage.betas, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, stage))
+    return optimizer, scheduler
+
+
+def lr_factor(step: int, stage: StageConfig) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
+    if step < stage.warmup_steps:
+        return (step + 1) / stage.warmup_steps
+    span = max(1, stage.steps - stage.warmup_steps)
+    progress = min(1.0, (step - stage.warmup_steps) / span)
+    return stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def autocast_for(recipe: Recipe, device: torch.device):
+    use_bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+# -- the trainer ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _StageData:
+    train: torch.utils.data.Dataset
+    collate: object
+    eval: torch.utils.data.Dataset | None
+
+
+class Trainer:
+    """Runs a recipe into ``out``. Everything is checked in ``__init__``, before any work starts."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        device: str | None = None,
+        progress: bool | None = None,
+        strategy: str = "ddp",
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.recipe, self.out = recipe, Path(out)
+        self.run_dir = Path(run_dir) if run_dir is not None else self.out / RUN_DIRNAME
+        self.device = default_device(device)
+        self.distributed = init_distributed(self.device)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.strategy = strategy
+        self.tokenizer = DocumentTokenizer.load(recipe.vocab or default_vocabulary_dir())
+        self.vocab = self.tokenizer.vocab
+        self.checkpoint = self._check_out_dir(resume)
+        check_directions(recipe.architecture, recipe.directions)
+        self.mixtures = [self._check_stage(stage) for stage in recipe.stages]
+        with torch.device("meta"):  # the parameter names, for free
+            names = [name for name, _ in build_model(recipe, self.vocab.size).named_parameters()]
+        for stage in recipe.stages:
+            _check_prefixes(names, stage.freeze, f"stage {stage.name!r}: freeze")
+
+    def _check_out_dir(self, resume: bool) -> Checkpoint | None:
+        marker = self.out / TRAIN_FILENAME
+        if self.out.exists() and any(self.out.iterdir()) and not marker.is_file():
+            raise ConfigError(f"{self.out} exists and is not a polymodal training folder: choose another --out")
+        if not resume:
+            if marker.is_file():
+                raise ConfigError(f"{self.out} already holds a training run: pass --resume to continue it")
+            return None
+        checkpoint = latest_checkpoint(self.out)
+        if checkpoint is None:
+            raise ConfigError(f"--resume: {self.out} holds no checkpoint to resume from")
+        if checkpoint.state.recipe != self.recipe.to_dict():
+            saved, now = checkpoint.state.recipe, self.recipe.to_dict()
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ConfigError(f"--resume: {checkpoint.path} was made by a different recipe (differs in {changed})")
+        return checkpoint
+
+    def _check_stage(self, stage: StageConfig) -> tuple[D.Mixture, D.Mixture | None]:
+        try:
+            train = D.Mixture(stage.data, self.vocab)
+            held_out = D.Mixture(stage.eval_data, self.vocab) if stage.eval_data else None
+            for mixture in filter(None, (train, held_out)):
+                if stage.objective == "align":
+                    if self.recipe.architecture == "late":
+                        raise ConfigError("the align objective is for the native (early) architecture")
+                    D.check_pairs(mixture, self.vocab)
+                else:
+                    mixture.check_fits(stage.seq_len)
+        except ConfigError as exc:
+            raise ConfigError(f"stage {stage.name!r}: {exc}") from None
+        D._modality_table(self.vocab, stage.loss_weights)
+        return train, held_out
+
+    # -- running --------------------------------------------------------------------------------------
+
+    def fit(self) -> Run:
+        torch.manual_seed(self.recipe.seed)
+        model = build_model(self.recipe, self.vocab.size)
+        if self.recipe.init:
+            model.load_state_dict(Run.load(self.recipe.init).model.state_dict())
+        state = self.checkpoint.state if self.checkpoint else TrainerState(0, 0, 0, 0, self.recipe.to_dict())
+        if self.checkpoint:
+            model.load_state_dict(self.checkpoint.model_state())
+        model.to(self.device).train()
+        if self.distributed.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_status(state, "training")
+            self._forget_metrics_after(state.global_step)
+        for index, stage in enumerate(self.recipe.stages):
+            if index < state.stage or (index == state.stage and state.step >= stage.steps):
+                continue
+            start = state.step if index == state.stage else 0
+            state = self._fit_stage(model, index, stage, start, state)
+            if self.distributed.main:
+                self.export(model)
+        if self.distributed.main:
+            self._write_status(state, "done")
+        self.distributed.barrier()
+        return Run(model.eval(), self.tokenizer, self.recipe.directions)
+
+    def _fit_stage(self, model: nn.Module, index: int, stage: StageConfig, start: int,
+                   state: TrainerState) -> TrainerState:  # fmt: skip
+        apply_freeze(model, stage.freeze)
+        objective = (Align() if stage.objective == "align" else NextToken()).to(self.device)
+        optimizer, scheduler = build_optimizer(model, objective, stage, self.device)
+        if start > 0:
+            saved = self.checkpoint.optimizer_state()
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            objective.load_state_dict(saved["objective"])
+            self.checkpoint.restore_rng()
+        stage_data = self._stage_data(index, stage)
+        wrapped = parallelize(
+            model,
+            self.distributed,
+            device=self.device,
+            strategy=self.strategy,
+            compile=self.recipe.compile,
+            activation_checkpointing=self.recipe.activation_checkpointing,
+        )
+        autocast = autocast_for(self.recipe, self.device)
+        steps = self._steps(stage, stage_data, start)
+        bar = tqdm(total=stage.steps, initial=start, desc=stage.name, unit="step",
+                   disable=not (self.progress and self.distributed.main))  # fmt: skip
+        tic, tokens = time.perf_counter(), 0
+        for step, micro_batches in enumerate(steps, start=start):
+            stats = train_step(wrapped, objective, micro_batches, optimizer, scheduler, grad_clip=stage.grad_clip,
+                               autocast=autocast, distributed=self.distributed)  # fmt: skip
+            tokens += stats.tokens
+            state = TrainerState(index, step + 1, state.global_step + 1, state.tokens + stats.tokens, state.recipe)
+            rate = tokens / max(time.perf_counter() - tic, 1e-9)
+            bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{rate:,.0f}", lr=f"{stats.lr:.2e}")
+            bar.update()
+            self._log(
+                {
+                    "stage": stage.name,
+                    "step": step + 1,
+                    "global_step": state.global_step,
+                    "loss": stats.loss,
+                    "lr": stats.lr,
+                    "grad_norm": stats.grad_norm,
+                    "tokens": state.tokens,
+                    "tokens_per_s": rate,
+                }
+            )
+            done = step + 1 == stage.steps
+            if stage_data.eval is not None and (done or (stage.eval_every and (step + 1) % stage.eval_every == 0)):
+                loss = evaluate(wrapped, objective, self._eval_batches(stage, stage_data), autocast=autocast,
+                                distributed=self.distributed)  # fmt: skip
+                self._log({"stage": stage.name, "step": step + 1, "global_step": state.global_step, "eval_loss": loss})
+                bar.write(f"{stage.name} step {step + 1}: held-out loss {loss:.4f}")
+            if done or (step + 1) % self.recipe.checkpoint_every == 0:
+                self._save(model, objective, optimizer, scheduler, state)
+        bar.close()
+        return state
+
+    def _stage_data(self, index: int, stage: StageConfig) -> _StageData:
+        train_mix, eval_mix = self.mixtures[index]
+        seed = self.recipe.seed * 1000 + index
+        late = self.recipe.architecture == "late"
+        if stage.objective == "align":
+            collate = _PairCollate(self.vocab)
+            make = lambda mix, n, s: D.PairItems(mix, *D.plan_documents(mix, n, s), self.vocab)  # noqa: E731
+        else:
+            collate = _RowCollate(self.vocab, late, stage.seq_len)
+
+            def make(mix, n, s):
+                plan = D.plan_rows(mix, n, stage.seq_len, s)
+                return D.PackedRows(mix, plan, stage.seq_len, self.vocab, loss_weights=stage.loss_weights,
+                                    cond_dropout=stage.cond_dropout if mix is train_mix else 0.0, seed=s)  # fmt: skip
+
+        train = make(train_mix, stage.steps * stage.batch_size, seed)
+        held_out = make(eval_mix, stage.eval_batches * stage.batch_size, seed + 500) if eval_mix else None
+        return _StageData(train, collate, held_out)
+
+    def _steps(self, stage: StageConfig, stage_data: _StageData, start: int) -> Iterator[list]:
+        """This process's micro-batches for each step from ``start``, in order."""
+        rank, world = self.distributed.rank, self.distributed.world
+        if stage.batch_size % world:
+            raise ConfigError(
+                f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible by {world} processes"
+            )
+        local = stage.batch_size // world
+        micro = min(stage.micro_batch_size or local, local)
+        per_step = local // micro if local % micro == 0 else None
+        if per_step is None:
+            raise ConfigError(
+                f"stage {stage.name!r}: micro_batch_size {micro} must divide the {local} rows per process"
+            )
+        indices = [i for i in range(start * stage.batch_size, stage.steps * stage.batch_size) if i % world == rank]
+        batches = D.loader(stage_data.train, indices, micro, stage_data.collate, workers=self.recipe.workers,
+                           pin_memory=self.device.type == "cuda")  # fmt: skip
+        group: list = []
+        for batch in batches:
+            group.append(batch.to(self.device))
+            if len(group) == per_step:
+                yield group
+                group = []
+
+    def _eval_batches(self, stage: StageConfig, stage_data: _StageData) -> Iterator:
+        rank, world = self.distributed.rank, self.distributed.world
+        indices = [i for i in range(len(stage_data.eval)) if i % world == rank]
+        return iter(D.loader(stage_data.eval, indices, stage.batch_size, stage_data.collate))
+
+    # -- output -----------------------------------------------------------------------------------------
+
+    def _save(self, model: nn.Module, objective: nn.Module, optimizer, scheduler, state: TrainerState) -> None:
+        if self.distributed.main:
+            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "objective": objective.state_dict()}  # fmt: skip
+            save_checkpoint(self.out, state, model.state_dict(), extra, keep=self.recipe.keep_checkpoints)
+            self._write_status(state, "training")
+        self.distributed.barrier()
+
+    def export(self, model: nn.Module) -> Path:
+        """Save the model as a run in ``run_dir`` (default ``OUT/run``): what generate, eval and serve read."""
+        return Run(model, self.tokenizer, self.recipe.directions).save(self.run_dir)
+
+    def _write_status(self, state: TrainerState, status: str) -> None:
+        info = {"status": status, "stage": self.recipe.stages[min(state.stage, len(self.recipe.stages) - 1)].name,
+                "global_step": state.global_step, "tokens": state.tokens, "recipe": self.recipe.to_dict()}  # fmt: skip
+        write_text_atomic(self.out / TRAIN_FILENAME, json.dumps(info, indent=2) + "\n")
+
+    def _forget_metrics_after(self, global_step: int) -> None:
+        """On resume, drop the records of steps after the checkpoint: they are about to be redone."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("global_step", 0) <= global_step]  # fmt: skip
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+    def _log(self, record: dict) -> None:
+        if self.distributed.main:
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class _RowCollate:
+    """Picklable collate for DataLoader workers."""
+
+    def __init__(self, vocab, late: bool, seq_len: int) -> None:
+        self.vocab, self.late, self.seq_len = vocab, late, seq_len
+
+    def __call__(self, items):
+        return D.collate_rows(items, self.vocab, late=self.late, seq_len=self.seq_len)
+
+
+class _PairCollate:
+    def __init__(self, vocab) -> None:
+        self.vocab = vocab
+
+    def __call__(self, items):
+        return D.collate_pairs(items, self.vocab)

@@ -1,0 +1,239 @@
+"""The training loop: exact resume, accumulation and data parallelism equal one big step, stages,
+freezing, conditioning dropout, alignment, and clear errors before any work."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+import toys
+from polymodal.content import Audio, Document, Image
+from polymodal.data.tokenized import TokenizedDataset, write_tokenized
+from polymodal.errors import ConfigError
+from polymodal.run import Run
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.text import TextTokenizer
+from polymodal.train import data as D
+from polymodal.train import loop
+from polymodal.train.checkpoint import list_checkpoints
+from polymodal.train.loop import Trainer
+from polymodal.train.stages import Recipe, StageConfig, load_recipe
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "white": (250, 250, 250)}
+TESTS = Path(__file__).parent
+
+
+def picture(colour: str) -> Image:
+    return Image(PILImage.new("RGB", (8, 8), COLOURS[colour]))
+
+
+def tone(level: float) -> Audio:
+    return Audio(np.full(16000 // 5, level, dtype=np.float32), 16000)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A vocabulary folder and tokenized folders: captions, drawings (text->image), sounds, chats."""
+    root = tmp_path_factory.mktemp("corpus")
+    text = TextTokenizer.train([f"a {c} square and a loud or quiet sound" for c in COLOURS] * 20, vocab_size=300)
+    codec = DocumentTokenizer.from_tokenizers([text, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()])
+    codec.write_into(root / "vocab")
+    codec = DocumentTokenizer.load(root / "vocab")
+    sets = {
+        "captions": [Document.of(picture(c), f"a {c} square") for c in COLOURS],
+        "drawings": [Document.of(f"a {c} square", picture(c)) for c in COLOURS],
+        "sounds": [Document.of(tone(v), f"a {n} sound") for n, v in (("loud", 0.4), ("quiet", 0.05))],
+        "chats": [Document.chat(("user", [picture(c), "colour?"]), ("assistant", c)) for c in COLOURS],
+    }
+    for name, docs in sets.items():
+        write_tokenized(docs, codec, root / name, max_length=64)
+    return root
+
+
+def recipe(corpus: Path, **changes) -> Recipe:
+    pretrain = StageConfig(
+        name="pretrain",
+        data={str(corpus / "captions"): 1.0, str(corpus / "drawings"): 1.0},
+        steps=6,
+        batch_size=4,
+        seq_len=64,
+        lr=3e-3,
+        warmup_steps=2,
+        cond_dropout=0.3,
+        loss_weights={"image": 0.5},
+        eval_data={str(corpus / "chats"): 1.0},
+        eval_every=3,
+    )
+    instruct = StageConfig(name="instruct", data={str(corpus / "chats"): 1.0}, steps=4, batch_size=4, seq_len=64,
+                           lr=1e-3, freeze=("embed",))  # fmt: skip
+    base = Recipe(
+        name="test",
+        model="debug",
+        vocab=str(corpus / "vocab"),
+        stages=(pretrain, instruct),
+        directions=("image->text", "text->image", "image+text->text"),
+        checkpoint_every=3,
+        workers=0,
+    )
+    return base.with_(**changes)
+
+
+def losses(out: Path) -> list[tuple]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["global_step"], r.get("loss"), r.get("eval_loss")) for r in lines]
+
+
+def test_training_learns_exports_a_run_and_keeps_checkpoints(corpus, tmp_path):
+    out = tmp_path / "out"
+    stages = (replace(recipe(corpus).stages[0], steps=30),)
+    run = Trainer(recipe(corpus, stages=stages, checkpoint_every=10), out, progress=False).fit()
+    history = [loss for _, loss, _ in losses(out) if loss is not None]
+    assert len(history) == 30 and history[-1] < 0.5 * history[0]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000020", "step-00000030"]  # keep 2
+    loaded = Run.load(out)  # a training folder loads as its exported run
+    assert loaded.directions == run.directions
+    for a, b in zip(loaded.model.state_dict().values(), run.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b.cpu())
+    status = json.loads((out / "train.json").read_text())
+    assert status["status"] == "done" and status["global_step"] == 30
+
+
+def test_resume_after_a_crash_gives_the_same_losses(corpus, tmp_path, monkeypatch):
+    Trainer(recipe(corpus), tmp_path / "straight", progress=False).fit()
+    real_step, calls = loop.train_step, []
+
+    def crashing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:  # in the second stage, after the checkpoint at global step 6
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(recipe(corpus), tmp_path / "resumed", progress=False).fit()
+    monkeypatch.setattr(loop, "train_step", real_step)
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["step-00000003", "step-00000006"]
+    Trainer(recipe(corpus), tmp_path / "resumed", resume=True, progress=False).fit()
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")  # bit for bit, evaluations included
+    a, b = Run.load(tmp_path / "straight"), Run.load(tmp_path / "resumed")
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_accumulation_and_workers_give_the_same_steps(corpus, tmp_path):
+    Trainer(recipe(corpus), tmp_path / "whole", progress=False).fit()
+    stages = tuple(replace(s, micro_batch_size=1) for s in recipe(corpus).stages)
+    Trainer(recipe(corpus, stages=stages, workers=2), tmp_path / "micro", progress=False).fit()
+    whole, micro = losses(tmp_path / "whole"), losses(tmp_path / "micro")
+    assert [s for s, *_ in whole] == [s for s, *_ in micro]
+    for (_, a, ea), (_, b, eb) in zip(whole, micro, strict=True):
+        assert (a is None) == (b is None) and (a is None or abs(a - b) < 1e-4)
+        assert (ea is None) == (eb is None) and (ea is None or abs(ea - eb) < 1e-4)
+
+
+def test_two_processes_give_the_same_curve_as_one(corpus, tmp_path):
+    spec = recipe(corpus).to_dict()
+    (tmp_path / "recipe.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-c", "import toys; from polymodal.cli import app; app()"]
+    subprocess.run([*cli, "train", str(tmp_path / "recipe.json"), "--out", str(tmp_path / "one")], env=env, check=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+                "--no-python", sys.executable, "-c", "import toys; from polymodal.cli import app; app()"]  # fmt: skip
+    subprocess.run([*torchrun, "train", str(tmp_path / "recipe.json"), "--out", str(tmp_path / "two")], env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, *_ in one] == [s for s, *_ in two]
+    for (_, a, ea), (_, b, eb) in zip(one, two, strict=True):
+        assert (a is None or abs(a - b) < 1e-4) and (ea is None or abs(ea - eb) < 1e-4)
+
+
+def test_frozen_parameters_stay_put(corpus, tmp_path):
+    pretrain_only = recipe(corpus, stages=recipe(corpus).stages[:1])
+    before = Trainer(pretrain_only, tmp_path / "a", progress=False).fit().model.embed.weight.detach().clone()
+    after = Trainer(recipe(corpus), tmp_path / "b", progress=False).fit().model
+    assert torch.equal(after.embed.weight, before)  # instruct froze the embedding
+    with pytest.raises(ConfigError, match="no parameter name starts with 'embbed'"):
+        loop.apply_freeze(after, ("embbed",))
+    typo = tuple(replace(s, freeze=("layers.9",)) for s in recipe(corpus).stages)
+    with pytest.raises(ConfigError, match="stage 'pretrain': freeze: no parameter name starts with 'layers.9'"):
+        Trainer(recipe(corpus, stages=typo), tmp_path / "c", progress=False)
+
+
+def test_rows_follow_the_plan_and_dropout_swaps_in_unconditional_variants(corpus):
+    codec_vocab = DocumentTokenizer.load(corpus / "vocab").vocab
+    mixture = D.Mixture({str(corpus / "captions"): 1.0, str(corpus / "drawings"): 3.0}, codec_vocab)
+    plan = D.plan_rows(mixture, 200, 64, seed=5)
+    again = D.plan_rows(mixture, 200, 64, seed=5)
+    assert np.array_equal(plan.documents, again.documents) and np.array_equal(plan.starts, again.starts)
+    share = (plan.sources[: plan.starts[-1]] == 1).mean()
+    assert 0.68 < share < 0.82  # weights 1:3
+    rows = D.PackedRows(mixture, plan, 64, codec_vocab, cond_dropout=0.5, seed=5)
+    drawings = TokenizedDataset(corpus / "drawings")
+    assert drawings.variants is not None and (drawings.variants >= 0).all()
+    swapped = 0
+    for r in range(40):
+        seq, doc_ids = rows[r]
+        assert len(seq) <= 64 and doc_ids.tolist() == sorted(doc_ids.tolist())
+        for k, (source, doc) in enumerate(plan.row(r)):
+            piece = seq.ids[doc_ids == k]
+            original = mixture.datasets[source][doc].ids
+            if not torch.equal(piece, original):
+                assert source == 1 and torch.equal(piece, drawings.unconditional(doc).ids)
+                swapped += 1
+    assert swapped > 5
+
+
+def test_align_stage_pulls_pairs_together(corpus, tmp_path):
+    pairs = {str(corpus / "captions"): 1.0, str(corpus / "sounds"): 1.0}
+    align = StageConfig(name="align", objective="align", data=pairs, steps=40, batch_size=6, lr=3e-3)
+    out = tmp_path / "align"
+    Trainer(recipe(corpus, stages=(align,)), out, progress=False).fit()
+    history = [loss for _, loss, _ in losses(out)]
+    assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5
+    with pytest.raises(ConfigError, match="align stage needs media \\+ text pairs"):
+        bad = StageConfig(name="align", objective="align", data={str(corpus / "chats"): 1.0}, steps=1)
+        Trainer(recipe(corpus, stages=(bad,)), tmp_path / "bad", progress=False)
+
+
+def test_late_fusion_trains_with_the_same_loop(corpus, tmp_path):
+    stages = tuple(replace(s, freeze=("backbone.embed",)) for s in recipe(corpus).stages)
+    late = recipe(corpus, architecture="late", directions=("image->text", "image+text->text"), stages=stages)
+    run = Trainer(late, tmp_path / "late", progress=False).fit()
+    assert run.architecture == "late" and Run.load(tmp_path / "late").architecture == "late"
+    history = [loss for _, loss, _ in losses(tmp_path / "late") if loss is not None]
+    assert history[5] < history[0]
+
+
+def test_bad_recipes_and_folders_fail_before_any_work(corpus, tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({**recipe(corpus).to_dict(), "epochs": 3}))
+    with pytest.raises(ConfigError, match="unknown keys \\['epochs'\\]"):
+        load_recipe(tmp_path / "r.json")
+    spec = recipe(corpus).to_dict()
+    spec["stages"][0]["data"] = {"missing_folder": 1.0}
+    (tmp_path / "r.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="missing_folder does not exist"):
+        Trainer(load_recipe(tmp_path / "r.json"), tmp_path / "o1", progress=False)
+    short = StageConfig(name="s", data={str(corpus / "captions"): 1.0}, steps=1, seq_len=8)
+    with pytest.raises(ConfigError, match="more than seq_len 8"):
+        Trainer(recipe(corpus, stages=(short,)), tmp_path / "o2", progress=False)
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        Trainer(recipe(corpus), tmp_path / "o3", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="writes text only"):
+        Trainer(recipe(corpus, architecture="late"), tmp_path / "o4", progress=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a polymodal training folder"):
+        Trainer(recipe(corpus), tmp_path / "mine", progress=False)
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4"))
+    Trainer(recipe(corpus, stages=recipe(corpus).stages[:1]), tmp_path / "o5", progress=False).fit()
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        Trainer(recipe(corpus), tmp_path / "o5", progress=False)
+    with pytest.raises(ConfigError, match="different recipe \\(differs in \\['stages'\\]\\)"):
+        Trainer(recipe(corpus), tmp_path / "o5", resume=True, progress=False)
