@@ -191,3 +191,37 @@ def test_pretokenize_command(tmp_path):
     data = TokenizedDataset(tmp_path / "tok")
     assert len(data) == 5 and data.lengths().max() <= 256
     data.check_vocabulary(DocumentTokenizer.load(default_vocabulary_dir()).vocab)
+
+
+def test_own_captions_folder_to_training_to_generation(tmp_path):
+    """A user's folder of pictures with captions: pretokenize, train a recipe file, generate from the result."""
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rows = []
+    for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220)), ("green", (20, 200, 20))):
+        PILImage.new("RGB", (32, 32), colour).save(folder / f"{name}.png")
+        rows.append(json.dumps({"file": f"{name}.png", "text": f"a {name} picture"}))
+    (folder / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    result = run("data", "pretokenize", str(folder), "--out", str(tmp_path / "tok"), "--max-length", "128")
+    assert result.exit_code == 0, result.output
+    assert "3 documents" in result.output
+    recipe = {
+        "name": "mine", "model": "debug", "directions": ["image->text"], "workers": 0,
+        "stages": [{"name": "captions", "data": "tok", "steps": 3, "batch_size": 2, "seq_len": 128}],
+    }  # fmt: skip
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    result = run("train", str(tmp_path / "recipe.json"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["loss"] > 0 for m in metrics)
+    out = tmp_path / "gen"
+    result = run("generate", str(tmp_path / "out"), "--image", str(folder / "red.png"), "--no-chat",
+                 "--max-new-tokens", "4", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (out / "output.txt").is_file()
+    again = runner.invoke(app, ["train", str(tmp_path / "recipe.json"), "--out", str(tmp_path / "out")])
+    assert again.exit_code == 2 and "--resume" in again.output
+    missing = runner.invoke(app, ["data", "pretokenize", str(tmp_path / "nothing"), "--out", str(tmp_path / "t2")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

@@ -390,31 +390,52 @@ def make_shapes_cmd(
 @data_app.command("pretokenize")
 def pretokenize_cmd(
     sources: Annotated[
-        list[Path], typer.Argument(help="Shapes-world shard folders or .tar shards, or document .json files.")
+        list[Path],
+        typer.Argument(
+            help="Shapes-world corpus folders or .tar shards, document .json files, documents .jsonl files, or "
+            "folders of images/audio/videos with captions.jsonl|csv or transcripts.jsonl|csv."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tokenized arrays.")],
     vocab: VocabOption = None,
     max_length: Annotated[int, typer.Option(help="Longer documents are cut at a media-safe point.", min=8)] = 2048,
+    direction: Annotated[
+        str | None, typer.Option(help="For caption/transcript folders: e.g. text->image or text->audio.")
+    ] = None,
+    chat: Annotated[bool, typer.Option(help="For caption/transcript folders: write user/assistant chats.")] = False,
+    fps: Annotated[float | None, typer.Option(help="For video folders: frames sampled per second.", min=0.01)] = None,
 ) -> None:
     """Encode documents once into memory-mapped arrays that training reads (media never re-encoded)."""
     from polymodal.content import Document
+    from polymodal.data.readers import check_source, read_documents
     from polymodal.data.shapes import read_shards
-    from polymodal.data.tokenized import write_tokenized
+    from polymodal.data.tokenized import TokenizedDataset, write_tokenized
+
+    def is_corpus(source: Path) -> bool:
+        return source.suffix == ".tar" or (source / "manifest.json").is_file()
+
+    options = {"direction": direction, "as_chat": chat, "fps": fps}
+    options = {k: v for k, v in options.items() if v not in (None, False)}
 
     def documents():
         for source in sources:
-            if source.suffix.lower() == ".json":
+            if is_corpus(source):
+                yield from (sample.document for sample in read_shards([source] if source.is_file() else source))
+            elif source.suffix.lower() == ".json":
                 yield Document.load(source)
             else:
-                yield from (sample.document for sample in read_shards([source] if source.is_file() else source))
+                yield from read_documents(source, **options)
 
     try:
         tokenizer = _load_tokenizer(vocab)
+        for source in sources:  # every source is checked before anything is encoded
+            if not source.exists():
+                raise FileNotFoundError(f"{source} does not exist")
+            if not is_corpus(source) and source.suffix.lower() != ".json":
+                typer.echo(str(check_source(source, **options)), err=True)
         write_tokenized(documents(), tokenizer, out, max_length=max_length, progress=sys.stderr.isatty())
     except (PolymodalError, FileNotFoundError, FileExistsError) as exc:
         _fail(exc)
-    from polymodal.data.tokenized import TokenizedDataset
-
     data = TokenizedDataset(out)
     typer.echo(f"{len(data)} documents, {int(data.lengths().sum())} tokens -> {out}")
 

@@ -227,6 +227,11 @@ class Trainer:
         self.device = default_device(device)
         self.distributed = init_distributed(self.device)
         self.progress = sys.stderr.isatty() if progress is None else progress
+        if strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+        if strategy == "fsdp" and self.distributed.world > 1:
+            # parallelize.py can shard, but checkpoints and exports still read whole (unsharded) tensors
+            raise ConfigError("--strategy fsdp is not supported by the trainer's checkpoints yet: use ddp")
         self.strategy = strategy
         self.tokenizer = DocumentTokenizer.load(recipe.vocab or default_vocabulary_dir())
         self.vocab = self.tokenizer.vocab

@@ -22,20 +22,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from polymodal.content import Document, Message
-from polymodal.data.shapes import make_shapes, read_shards
+import torch
+
+from polymodal.content import Document, Message, Text
+from polymodal.data.shapes import make_shapes, read_shards, read_texts
 from polymodal.data.tokenized import META_FILENAME, write_tokenized
 from polymodal.errors import ConfigError
 from polymodal.files import write_bytes_atomic, write_text_atomic
 from polymodal.generation import SamplingConfig, generate
+from polymodal.model.fusion import LateFusion, late_fusion_batch
 from polymodal.run import Run
 from polymodal.tokenizers import load_tokenizer
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.presets import default_vocabulary_dir
+from polymodal.tokenizers.sequence import pad_batch
 from polymodal.tokenizers.text import TextTokenizer
 from polymodal.train.loop import TRAIN_FILENAME, Trainer
 from polymodal.train.stages import quickstart as quickstart_recipe
@@ -44,7 +48,7 @@ from polymodal.train.stages import quickstart as quickstart_recipe
 CORPUS = {
     "image_caption": 1500, "caption_image": 1500, "speech_transcript": 800, "transcript_speech": 500,
     "sound_label": 600, "interleaved": 300, "digit_caption": 300,
-    "image_qa": 2500, "spoken_image_qa": 1200, "sound_qa": 800, "video_qa": 600,
+    "image_qa": 4000, "spoken_image_qa": 2000, "sound_qa": 1000, "video_qa": 1500,
 }  # fmt: skip
 QUESTIONS = {"image": "image_qa", "speech": "spoken_image_qa", "sound": "sound_qa", "video": "video_qa"}
 
@@ -52,7 +56,7 @@ QUESTIONS = {"image": "image_qa", "speech": "spoken_image_qa", "sound": "sound_q
 @dataclass(frozen=True, kw_only=True)
 class QuickstartConfig:
     corpus: dict[str, int] = field(default_factory=lambda: dict(CORPUS))
-    test_questions: int = 60  # held-out questions per input kind
+    test_questions: int = 200  # held-out questions per input kind
     text_vocab_size: int = 1024
     max_length: int = 512
     scale: float = 1.0  # multiplies the recipe's steps
@@ -63,16 +67,17 @@ class QuickstartConfig:
 
 @dataclass
 class QuickstartReport:
-    accuracy: dict[str, float]  # held-out exact-answer accuracy per input kind
+    accuracy: dict[str, float]  # held-out multiple-choice accuracy per input kind (likeliest option)
     blind: dict[str, float]  # the same questions without their media
     chance: float
     questions: int
     samples: list[str]
 
     def format(self) -> str:
-        lines = [f"held-out questions ({self.questions} per kind; chance {self.chance:.0%}):"]
+        lines = [f"held-out questions, {self.questions} per input kind (4 options, chance {self.chance:.0%}):",
+                 f"  {'input':<7} {'accuracy':>8} {'without the media':>18}"]  # fmt: skip
         for kind, acc in self.accuracy.items():
-            lines.append(f"  {kind:<7} {acc:6.1%}   without the media: {self.blind[kind]:6.1%}")
+            lines.append(f"  {kind:<7} {acc:8.1%} {self.blind[kind]:18.1%}")
         return "\n".join(lines)
 
 
@@ -99,7 +104,7 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
             write_tokenized(docs, codec, target, max_length=config.max_length, progress=progress)
     say("4/6 train: align -> pretrain -> instruct")
     recipe = quickstart_recipe(data / "tok", vocab=str(vocab_dir), scale=config.scale)
-    recipe = recipe.with_(seed=config.seed, workers=config.workers)
+    recipe = recipe.with_(seed=config.seed)
     trainer = Trainer(recipe, out / "train", resume=(out / "train" / TRAIN_FILENAME).is_file(), progress=progress,
                       run_dir=out / "run")  # fmt: skip
     run = trainer.fit()
@@ -124,8 +129,7 @@ def _vocabulary(data: Path, config: QuickstartConfig) -> Path:
         return target
     if config.train_media_tokenizers:
         raise ConfigError("train_media_tokenizers: run `polymodal tokenizer train image|audio` and build a vocabulary")
-    texts = [part.text for kind in config.corpus for s in read_shards(data / "corpus" / kind)
-             for part in s.document.parts if hasattr(part, "text")]  # fmt: skip
+    texts = [text for kind in config.corpus for text in read_texts(data / "corpus" / kind)]
     text = TextTokenizer.train(texts, vocab_size=config.text_vocab_size)
     media = [load_tokenizer(default_vocabulary_dir() / "tokenizers" / m) for m in ("image", "audio")]
     DocumentTokenizer.from_tokenizers([text, *media]).save(target)
@@ -148,19 +152,41 @@ def _question_prompt(document: Document, *, blind: bool) -> tuple[Document, str]
     return Document([Message("user", parts)]), answer.parts[0].text
 
 
-def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 16) -> QuickstartReport:
-    """Greedy answers to held-out corpus questions; right when they equal the reference answer."""
-    greedy = SamplingConfig(temperature=0, max_new_tokens=16)
+@torch.no_grad()
+def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    """For each prompt, the log-probability the run gives each of its options as the whole answer
+    (answer tokens and ``<|end|>``), all options of all prompts in one batch."""
+    chats = [Document([*p.messages, Message("assistant", (Text(o),))]) for p, opts in zip(prompts, options, strict=True)
+             for o in opts]  # fmt: skip
+    seqs = [run.tokenizer.encode(chat) for chat in chats]
+    device = next(run.model.parameters()).device
+    if isinstance(run.model, LateFusion):
+        batch, media, _ = late_fusion_batch(seqs, run.tokenizer.vocab)
+        batch, extra = batch.to(device), {"media": media.to(device)}
+    else:
+        batch, extra = pad_batch(seqs, run.tokenizer.vocab.pad_id).to(device), {}
+    logits = run.model(batch.ids, batch.positions, batch.modality, batch.attention_mask, **extra).float()
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
+    scores = (logp * batch.loss_weight[:, 1:]).sum(1).cpu()
+    return list(scores.split([len(o) for o in options]))
+
+
+def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8) -> QuickstartReport:
+    """Held-out corpus questions, asked with and without their media: a question is answered right
+    when the option the run finds likeliest as its answer is the reference (4 options, so chance is
+    25%, as in lm-evaluation-harness's multiple choice)."""
     accuracy, blind = {}, {}
     for name, kind in QUESTIONS.items():
-        docs = [s.document for s in read_shards(test_dir / kind)][:limit]
+        samples = list(read_shards(test_dir / kind))[:limit]
+        questions = [s.meta["truth"]["questions"][0] for s in samples]
         for target, is_blind in ((accuracy, False), (blind, True)):
-            prompts, answers = zip(*(_question_prompt(d, blind=is_blind) for d in docs), strict=True)
+            prompts = [_question_prompt(s.document, blind=is_blind)[0] for s in samples]
             right = 0
-            for k in range(0, len(prompts), batch_size):
-                outs = generate(run, list(prompts[k : k + batch_size]), sampling=greedy, check_direction=False)
-                right += sum(_normalise(o.part.text) == _normalise(a) for o, a in zip(outs, answers[k:], strict=False))
-            target[name] = right / len(docs)
+            for k in range(0, len(samples), batch_size):
+                chunk = questions[k : k + batch_size]
+                scores = option_scores(run, prompts[k : k + batch_size], [q["options"] for q in chunk])
+                right += sum(int(s.argmax()) == q["answer_index"] for s, q in zip(scores, chunk, strict=True))
+            target[name] = right / len(samples)
     return QuickstartReport(accuracy, blind, chance=0.25, questions=limit, samples=[])
 
 

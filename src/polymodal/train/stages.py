@@ -202,7 +202,8 @@ def quickstart(data: str | os.PathLike, *, vocab: str | None = None, scale: floa
     pairs = kinds("image_caption", "speech_transcript", "sound_label")
     every = kinds("image_caption", "caption_image", "speech_transcript", "transcript_speech", "sound_label",
                   "interleaved", "digit_caption")  # fmt: skip
-    chats = kinds("image_qa", "spoken_image_qa", "sound_qa", "video_qa")
+    chats = {str(d / "image_qa"): 3.0, str(d / "spoken_image_qa"): 2.0, str(d / "sound_qa"): 1.0,
+             str(d / "video_qa"): 2.0}  # fmt: skip
     return Recipe(
         name="quickstart",
         model="tiny",
@@ -221,30 +222,31 @@ def quickstart(data: str | os.PathLike, *, vocab: str | None = None, scale: floa
         ),  # fmt: skip
         stages=(
             StageConfig(
-                name="align", objective="align", data=pairs, steps=steps(100), batch_size=32, lr=1e-3, warmup_steps=10
+                name="align", objective="align", data=pairs, steps=steps(40), batch_size=32, lr=1e-3, warmup_steps=5
             ),  # fmt: skip
             StageConfig(
                 name="pretrain",
-                data=every,
-                steps=steps(400),
+                data={**every, **chats},
+                steps=steps(140),
                 batch_size=8,
                 seq_len=512,
                 lr=2e-3,
-                warmup_steps=40,
+                warmup_steps=15,
                 loss_weights={"image": 0.5, "audio": 0.5},
                 cond_dropout=0.1,
             ),  # fmt: skip
             StageConfig(
                 name="instruct",
-                data={**chats, **every},
-                steps=steps(400),
+                data={**every, **{p: 4 * w for p, w in chats.items()}},
+                steps=steps(200),
                 batch_size=8,
                 seq_len=512,
-                lr=1e-3,
-                warmup_steps=20,
+                lr=1.5e-3,
+                warmup_steps=10,
             ),  # fmt: skip
         ),
-        checkpoint_every=100,
+        checkpoint_every=50,
+        workers=1,
     )
 
 

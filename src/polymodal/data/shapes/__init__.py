@@ -31,7 +31,7 @@ from polymodal.data.shapes.questions import ABILITIES, Question
 from polymodal.data.shapes.render import render_scene
 from polymodal.data.shapes.samples import ALL_KINDS, ShapesConfig, ShapesSample, list_kinds, make_sample
 from polymodal.data.shapes.seeds import GENERATOR_VERSION, SPLITS, sample_rng
-from polymodal.data.shapes.shards import decode_sample, encode_sample, make_shapes, read_shards
+from polymodal.data.shapes.shards import decode_sample, encode_sample, make_shapes, read_shards, read_texts
 from polymodal.data.shapes.sounds import SoundEvent, random_event, render_event
 from polymodal.data.shapes.speech import SpeechError, Voice, available_voices, random_voice, speak
 from polymodal.data.shapes.streams import iter_scene_images, iter_sound_clips
@@ -73,6 +73,7 @@ __all__ = [
     "random_video_scene",
     "random_voice",
     "read_shards",
+    "read_texts",
     "render_digit",
     "render_event",
     "render_scene",

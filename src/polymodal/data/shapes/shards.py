@@ -292,6 +292,21 @@ def read_shards(
             yield from _read_one(shard, video_fps, limits)
 
 
+def read_texts(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> Iterator[str]:
+    """The text parts of every sample, read from the JSON members only (no media is decoded)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for path in paths:
+        path = Path(path)
+        for shard in sorted(path.glob("shapes-*.tar")) if path.is_dir() else [path]:
+            with tarfile.open(shard, mode="r|") as tar:
+                for info in tar:
+                    if info.isfile() and info.name.endswith(".json"):
+                        record = json.loads(tar.extractfile(info).read())
+                        for message in record["document"]["messages"]:
+                            yield from (c["text"] for c in message["content"] if c["type"] == "text")
+
+
 def _read_one(shard: Path, video_fps: float | None, limits: MediaLimits | None) -> Iterator[ShapesSample]:
     key, members = None, {}
     with tarfile.open(shard, mode="r|") as tar:

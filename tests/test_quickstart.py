@@ -1,0 +1,38 @@
+"""The quickstart's whole path at a tiny scale: corpus, vocabulary, pretokenize, three stages,
+held-out questions and samples, and picking up again where it stopped."""
+
+import json
+
+import pytest
+
+from polymodal.content import Audio, Image
+from polymodal.errors import ConfigError
+from polymodal.run import Run
+from polymodal.train.quickstart import CORPUS, QUESTIONS, QuickstartConfig, run_quickstart
+
+
+def test_quickstart_end_to_end_at_a_tiny_scale(tmp_path):
+    config = QuickstartConfig(corpus={kind: 6 for kind in CORPUS}, test_questions=3, scale=0.02, workers=1,
+                              text_vocab_size=300)  # fmt: skip
+    said = []
+    report = run_quickstart(tmp_path / "qs", config, progress=False, say=said.append)
+    assert [line.split()[0] for line in said] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
+    assert set(report.accuracy) == set(report.blind) == set(QUESTIONS)
+    for scores in (report.accuracy, report.blind):
+        assert all(v in {0.0, 1 / 3, 2 / 3, 1.0} for v in scores.values())  # 3 questions each
+    saved = json.loads((tmp_path / "qs" / "report.json").read_text())
+    assert saved["accuracy"] == report.accuracy and saved["chance"] == 0.25
+    run = Run.load(tmp_path / "qs")
+    assert run.tokenizer.vocab.range("text").size == 300 and "video+text->text" in run.directions
+    stages = [
+        json.loads(line)["stage"] for line in (tmp_path / "qs" / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert stages[0] == "align" and stages[-1] == "instruct" and "pretrain" in stages
+    assert Image.open(tmp_path / "qs" / "samples" / "draw_0.png").width > 0
+    assert Audio.open(tmp_path / "qs" / "samples" / "say_0.wav").duration > 0
+    assert len((tmp_path / "qs" / "samples" / "answers.txt").read_text().splitlines()) == 3 * len(QUESTIONS)
+    with pytest.raises(ConfigError, match="is not empty"):
+        run_quickstart(tmp_path / "qs", config, progress=False, say=said.append)
+    said.clear()
+    again = run_quickstart(tmp_path / "qs", config, resume=True, progress=False, say=said.append)
+    assert again.accuracy == report.accuracy  # every step was already complete: the same run is scored again
