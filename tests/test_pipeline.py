@@ -48,3 +48,36 @@ def test_missing_specialists_and_directions_are_clear(codec):
     pipeline = Pipeline({}, reasoner)
     with pytest.raises(ConfigError, match="no image specialist"):
         pipeline.to_text(Document.of(Image(PILImage.new("RGB", (8, 8)))))
+
+
+def test_specialists_trained_on_their_own_subtasks_answer_through_text(tmp_path):
+    """A captioner and a text-only reasoner, each trained by the same trainer on its own sub-task,
+    together answer a question about an image that neither could answer alone."""
+    from polymodal.data.tokenized import write_tokenized
+    from polymodal.train.loop import Trainer
+    from polymodal.train.stages import Recipe, StageConfig
+
+    colours = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
+    words = [f"describe the image. [image: {c}] what colour is it? {c}" for c in colours]
+    text = TextTokenizer.train(words * 30, vocab_size=300)
+    DocumentTokenizer.from_tokenizers([text, toys.ToyImageTokenizer()]).write_into(tmp_path / "vocab")
+    codec = DocumentTokenizer.load(tmp_path / "vocab")
+    pictures = {c: Image(PILImage.new("RGB", (8, 8), rgb)) for c, rgb in colours.items()}
+    captions = [Document.chat(("user", [pictures[c], "Describe the image."]), ("assistant", c)) for c in colours]
+    answers = [Document.chat(("user", ["what colour is it?", f"[image: {c}]"]), ("assistant", c)) for c in colours]
+    write_tokenized(captions, codec, tmp_path / "captions", max_length=64)
+    write_tokenized(answers, codec, tmp_path / "answers", max_length=64)
+
+    def train(name: str, data: str, directions: tuple[str, ...]) -> Run:
+        stage = StageConfig(name=name, data={str(tmp_path / data): 1.0}, steps=60, batch_size=3, seq_len=64, lr=5e-3)
+        recipe = Recipe(name=name, model="debug", vocab=str(tmp_path / "vocab"), stages=(stage,),
+                        directions=directions, workers=0, checkpoint_every=60)  # fmt: skip
+        return Trainer(recipe, tmp_path / name, progress=False).fit()
+
+    pipeline = Pipeline({"image": train("captioner", "captions", ("image+text->text",))},
+                        train("reasoner", "answers", ("text->text",)))  # fmt: skip
+    greedy = SamplingConfig(temperature=0, max_new_tokens=6)
+    for colour, picture in pictures.items():
+        prompt = Document.chat(("user", ["what colour is it?", picture]))
+        assert pipeline.to_text(prompt).parts[1] == Text(f"[image: {colour}]")
+        assert pipeline.generate(prompt, sampling=greedy)[0].part.text == colour

@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from polymodal.content import Document
-from polymodal.data.tokenized import TokenizedDataset, pack_rows, write_tokenized
+from polymodal.data.tokenized import TokenizedDataset, write_tokenized
 from polymodal.errors import ConfigError
 from polymodal.model import Transformer, preset
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.text import TextTokenizer
+from polymodal.train.data import Mixture, PackedRows, collate_rows, plan_rows
 from polymodal.train.losses import next_token_loss
 
 TEXTS = [
@@ -62,24 +63,27 @@ def test_interrupted_write_leaves_nothing(tmp_path, codec):
 def test_packing_keeps_documents_whole_and_separate(tmp_path, codec):
     write_tokenized([Document.of(t) for t in TEXTS * 3], codec, tmp_path / "tok", max_length=32)
     data = TokenizedDataset(tmp_path / "tok")
-    order = np.random.default_rng(0).permutation(len(data))
-    rows = list(pack_rows(data, order, 24, codec.vocab.pad_id))
-    assert sorted(i for r in rows for i in r.documents) == list(range(len(data)))
-    assert [i for r in rows for i in r.documents] == order.tolist()  # in order: resumable
-    again = list(pack_rows(data, order, 24, codec.vocab.pad_id))
-    assert all(torch.equal(a.ids, b.ids) and a.documents == b.documents for a, b in zip(rows, again, strict=True))
+    mixture = Mixture({str(tmp_path / "tok"): 1.0}, codec.vocab)
+    plan = plan_rows(mixture, 8, 24, seed=0)
+    rows = PackedRows(mixture, plan, 24, codec.vocab)
+    for r in range(len(plan)):
+        seq, doc_ids = rows[r]
+        whole = [data[d] for _, d in plan.row(r)]
+        assert torch.equal(seq.ids, torch.cat([w.ids for w in whole])) and len(seq) <= 24
+        assert doc_ids.tolist() == [k for k, w in enumerate(whole) for _ in range(len(w))]
+    again = plan_rows(mixture, 8, 24, seed=0)
+    assert np.array_equal(plan.documents, again.documents) and np.array_equal(plan.starts, again.starts)
     torch.manual_seed(0)
     model = Transformer(preset("debug", codec.vocab.size)).eval()
-    row = rows[0]
+    batch = collate_rows([rows[0]], codec.vocab, seq_len=24)
     with torch.no_grad():
-        packed = model(row.ids[None], row.positions[None], document_ids_BL=row.document_ids[None])
-        packed_loss = next_token_loss(packed, row.ids[None], row.loss_weight[None])
-        singles = [data[i] for i in row.documents]
+        packed_loss = next_token_loss(model(**batch.model_inputs()), batch.ids, batch.loss_weight)
+        singles = [data[d] for _, d in plan.row(0)]
         losses = [
             next_token_loss(model(s.ids[None], s.positions[None]), s.ids[None], s.loss_weight[None]) for s in singles
         ]
         weights = [s.loss_weight[1:].sum() for s in singles]
     expected = sum(loss * w for loss, w in zip(losses, weights, strict=True)) / sum(weights)
     torch.testing.assert_close(packed_loss, expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ConfigError, match="more than the row length"):
-        list(pack_rows(data, [1], 4, codec.vocab.pad_id))
+    with pytest.raises(ConfigError, match="more than seq_len 4"):
+        plan_rows(mixture, 1, 4, seed=0)

@@ -6,8 +6,7 @@ document starts), the ``vocab.json`` it was encoded with and ``meta.json``. Trai
 these arrays and never re-encodes media. The folder is written beside its target and renamed into
 place, so an interrupted run leaves no half-written dataset.
 
-:func:`pack_rows` fills fixed-length rows with whole documents (block-causal: each keeps its own
-positions and a ``document_ids`` entry so attention never crosses documents).
+Training packs these documents into rows (:mod:`polymodal.train.data`).
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -169,52 +167,3 @@ class TokenizedDataset:
         start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
         a = {name: torch.from_numpy(np.array(arr[start:stop])) for name, arr in self.arrays.items()}
         return TokenSequence(a["ids"].long(), a["modality"].long(), a["positions"].long(), a["loss_weight"].float())
-
-
-@dataclass(frozen=True)
-class PackedRow:
-    """One training row: whole documents back to back, then padding."""
-
-    ids: torch.Tensor
-    modality: torch.Tensor
-    positions: torch.Tensor
-    loss_weight: torch.Tensor
-    document_ids: torch.Tensor  # -1 on padding
-    documents: tuple[int, ...]  # dataset indices packed in this row
-
-
-def pack_rows(dataset: TokenizedDataset, order: Sequence[int], length: int, pad_id: int) -> Iterator[PackedRow]:
-    """Fill rows of ``length`` tokens with the documents in ``order``, greedily and in order.
-
-    A document longer than ``length`` is an error (tokenize with ``max_length <= length``): packing
-    never cuts one. The same ``order`` always gives the same rows, so training resumes exactly.
-    """
-    lengths = dataset.lengths()
-    row: list[int] = []
-    used = 0
-    for index in order:
-        n = int(lengths[index])
-        if n > length:
-            raise ConfigError(f"document {index} has {n} tokens, more than the row length {length}")
-        if used + n > length and row:
-            yield _row(dataset, row, length, pad_id)
-            row, used = [], 0
-        row.append(int(index))
-        used += n
-    if row:
-        yield _row(dataset, row, length, pad_id)
-
-
-def _row(dataset: TokenizedDataset, indices: list[int], length: int, pad_id: int) -> PackedRow:
-    parts = [dataset[i] for i in indices]
-    seq = TokenSequence.cat(parts)
-    pad = length - len(seq)
-    doc_ids = torch.cat([torch.full((len(p),), k, dtype=torch.long) for k, p in enumerate(parts)])
-    return PackedRow(
-        torch.cat([seq.ids, torch.full((pad,), pad_id, dtype=torch.long)]),
-        torch.cat([seq.modality, torch.zeros(pad, dtype=torch.long)]),
-        torch.cat([seq.positions, torch.zeros(pad, 3, dtype=torch.long)]),
-        torch.cat([seq.loss_weight, torch.zeros(pad)]),
-        torch.cat([doc_ids, torch.full((pad,), -1, dtype=torch.long)]),
-        tuple(indices),
-    )

@@ -11,6 +11,7 @@ Knows nothing of data or the loop: state in, state out.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -27,6 +28,7 @@ from polymodal.files import staging_directory, swap_directory, write_bytes_atomi
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 STATE_FILENAME = "trainer.json"
+FILES = ("model.safetensors", "optimizer.pt", "rng.pt", STATE_FILENAME)
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ def save_checkpoint(out: Path, state: TrainerState, model_state: dict, optimizer
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
         write_bytes_atomic(staging / "model.safetensors", save_safetensors(tensors))
-        torch.save(optimizer_state, staging / "optimizer.pt")
-        torch.save(rng_state(), staging / "rng.pt")
+        write_bytes_atomic(staging / "optimizer.pt", _torch_bytes(optimizer_state))
+        write_bytes_atomic(staging / "rng.pt", _torch_bytes(rng_state()))
         write_text_atomic(staging / STATE_FILENAME, json.dumps(state.to_dict(), indent=2) + "\n")
         swap_directory(staging, target, marker=STATE_FILENAME)
     except BaseException:
@@ -75,12 +77,18 @@ def save_checkpoint(out: Path, state: TrainerState, model_state: dict, optimizer
     return target
 
 
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first (hidden staging folders and damaged ones are skipped)."""
     root = Path(out) / CHECKPOINTS_DIRNAME
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step-*") if (p / STATE_FILENAME).is_file() and (p / "model.safetensors").is_file()]
+    found = [p for p in root.glob("step-*") if all((p / name).is_file() for name in FILES)]
     return sorted(found, key=lambda p: p.name)
 
 

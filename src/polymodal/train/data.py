@@ -10,8 +10,8 @@ A stage reads a *mixture*: tokenized folders (``polymodal data pretokenize``) wi
 * :class:`PackedRows` / :class:`PairItems` are map-style datasets that build item ``i`` of a plan
   on demand, so DataLoader workers, resuming at row ``k`` and data parallelism (rank r of W takes
   rows r, r + W, …) all see exactly the same rows.
-* :func:`collate_rows` / :func:`collate_pairs` stack items into a :class:`TrainBatch` /
-  :class:`PairBatch` for the native or the late-fusion model.
+* :func:`collate_rows` / :func:`collate_pairs` stack items into a :class:`TrainBatch` for the
+  native or the late-fusion model (align pairs: the media spans, then their texts).
 
 Conditioning dropout (classifier-free guidance) swaps a document for its unconditional variant,
 decided by a hash of (seed, row, slot) — no RNG state to save. Per-modality loss weights scale
@@ -150,12 +150,15 @@ def _first_fit(sizes: np.ndarray, n_rows: int, seq_len: int, window: int) -> tup
     return np.asarray(picked, dtype=np.int64), np.asarray(starts, dtype=np.int64)
 
 
-def _modality_table(vocab: Vocabulary, loss_weights: Mapping[str, float]) -> torch.Tensor:
+def modality_weights(vocab: Vocabulary, loss_weights: Mapping[str, float]) -> torch.Tensor:
+    """Per-modality loss weights as a table indexed by modality code (1 where not given)."""
     unknown = set(loss_weights) - set(vocab.modalities)
     if unknown:
         raise ConfigError(f"loss_weights: unknown modalities {sorted(unknown)}; this vocabulary has {vocab.modalities}")
     table = torch.ones(len(vocab.modalities))
     for name, weight in loss_weights.items():
+        if not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise ConfigError(f"loss_weights: {name} must be a finite number >= 0, got {weight!r}")
         table[vocab.modality_index(name)] = float(weight)
     return table
 
@@ -177,7 +180,7 @@ class PackedRows(Dataset):
         if not 0 <= cond_dropout < 1:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.mixture, self.plan, self.seq_len, self.vocab = mixture, plan, seq_len, vocab
-        self.table = _modality_table(vocab, loss_weights or {})
+        self.table = modality_weights(vocab, loss_weights or {})
         self.cond_dropout, self.seed = cond_dropout, seed
 
     def __len__(self) -> int:
@@ -302,38 +305,27 @@ class PairItems(Dataset):
 
 
 def check_pairs(mixture: Mixture, vocab: Vocabulary) -> None:
-    """Every dataset of an align stage holds media + text pairs (checked on its first document)."""
+    """Every document of an align stage is one media span plus text, not a chat (read off the ids)."""
+    opening = [vocab.special_id(t) for t in (V.IMAGE_START, V.AUDIO_START, V.VIDEO_START) if t in vocab.specials]
+    roles = [vocab.special_id(r) for r in V.ROLE_TOKENS.values()]
     for path, dataset in zip(mixture.paths, mixture.datasets, strict=True):
-        if split_pair(dataset[0], vocab) is None:
+        ids = np.asarray(dataset.arrays["ids"])
+        starts = dataset.offsets[:-1]
+        spans = np.add.reduceat(np.isin(ids, opening).astype(np.int64), starts)
+        chats = np.add.reduceat(np.isin(ids, roles).astype(np.int64), starts)
+        bad = np.flatnonzero((spans != 1) | (chats > 0) | (np.diff(dataset.offsets) == 0))
+        if len(bad):
             raise ConfigError(
                 f"{path}: an align stage needs media + text pairs (image + caption, speech + transcript, "
-                "sound + label), and its first document is not one"
+                f"sound + label); {len(bad)} of {len(dataset)} documents are not, the first is document {bad[0]}"
             )
 
 
-@dataclass(frozen=True)
-class PairBatch:
-    media: TrainBatch
-    text: TrainBatch
-
-    def to(self, device: torch.device | str) -> PairBatch:
-        return PairBatch(self.media.to(device), self.text.to(device))
-
-    def pin_memory(self) -> PairBatch:
-        return PairBatch(self.media.pin_memory(), self.text.pin_memory())
-
-    @property
-    def tokens(self) -> int:
-        return self.media.tokens + self.text.tokens
-
-
-def collate_pairs(items: Sequence[tuple[TokenSequence, TokenSequence]], vocab: Vocabulary) -> PairBatch:
-    def side(seqs: list[TokenSequence]) -> TrainBatch:
-        batch = pad_batch(seqs, vocab.pad_id)
-        document_ids = torch.where(batch.attention_mask, 0, -1)
-        return TrainBatch(batch.ids, batch.modality, batch.positions, batch.loss_weight, document_ids)
-
-    return PairBatch(side([m for m, _ in items]), side([t for _, t in items]))
+def collate_pairs(items: Sequence[tuple[TokenSequence, TokenSequence]], vocab: Vocabulary) -> TrainBatch:
+    """One batch of 2n rows for one forward pass: the n media spans, then their n texts."""
+    batch = pad_batch([m for m, _ in items] + [t for _, t in items], vocab.pad_id)
+    document_ids = torch.where(batch.attention_mask, 0, -1)
+    return TrainBatch(batch.ids, batch.modality, batch.positions, batch.loss_weight, document_ids)
 
 
 def loader(dataset: Dataset, indices: Sequence[int], batch_size: int, collate, *, workers: int = 0,

@@ -44,50 +44,12 @@ from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.presets import default_vocabulary_dir
 from polymodal.train import data as D
 from polymodal.train.checkpoint import Checkpoint, TrainerState, latest_checkpoint, save_checkpoint
-from polymodal.train.losses import ContrastiveLoss, next_token_loss_sum
+from polymodal.train.objectives import Align, NextToken
 from polymodal.train.parallelize import Distributed, default_device, init_distributed, parallelize
 from polymodal.train.stages import Recipe, StageConfig
 
 TRAIN_FILENAME = "train.json"
 RUN_DIRNAME = "run"
-
-
-# -- objectives ---------------------------------------------------------------------------------------
-
-
-class NextToken(nn.Module):
-    """Weighted next-token cross-entropy over packed rows."""
-
-    def weight(self, batch: D.TrainBatch) -> torch.Tensor:
-        return batch.loss_weight[:, 1:].float().sum()
-
-    def forward(self, model: nn.Module, batch: D.TrainBatch) -> torch.Tensor:
-        logits = model(**batch.model_inputs())
-        return next_token_loss_sum(logits, batch.ids, batch.loss_weight)[0]
-
-
-class Align(nn.Module):
-    """Symmetric InfoNCE between the pooled hidden states of a media span and of its text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.contrastive = ContrastiveLoss()
-
-    def weight(self, batch: D.PairBatch) -> torch.Tensor:
-        return torch.tensor(float(len(batch.media.ids)))
-
-    def forward(self, model: nn.Module, batch: D.PairBatch) -> torch.Tensor:
-        a, b = pooled(model, batch.media), pooled(model, batch.text)
-        return self.contrastive(a, b) * len(a)
-
-
-def pooled(model: nn.Module, batch: D.TrainBatch) -> torch.Tensor:
-    """Mean of the final hidden states over a span's tokens (its leading ``<|bos|>`` excluded)."""
-    states = model(**batch.model_inputs(), hidden=True)
-    keep = (batch.document_ids >= 0).clone()
-    keep[:, 0] = False
-    keep = keep.unsqueeze(-1).to(states.dtype)
-    return (states * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 # -- one step, one evaluation ------------------------------------------------------------------------
@@ -99,6 +61,7 @@ class StepStats:
     grad_norm: float
     lr: float
     tokens: int  # over all processes
+    skipped: bool = False  # the gradient was not finite: no update was made
 
 
 def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, optimizer: torch.optim.Optimizer,
@@ -116,15 +79,18 @@ def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, 
             # DDP averages gradients over processes: scale so that the result is Σ loss / Σ weight.
             (loss_sum * distributed.world / weight).backward()
         total += loss_sum.detach().float()
+    if distributed.world > 1:  # objective parameters (the align temperature) live outside DDP
+        distributed.average_grads(objective.parameters())
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-    if torch.isfinite(grad_norm):
+    skipped = not bool(torch.isfinite(grad_norm))  # a non-finite gradient would poison the weights
+    if not skipped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     lr = optimizer.param_groups[0]["lr"]
     scheduler.step()
     tokens = distributed.sum(torch.tensor(sum(b.tokens for b in micro_batches), device=weight.device))
-    return StepStats(float(distributed.sum(total) / weight), float(grad_norm), lr, int(tokens))
+    return StepStats(float(distributed.sum(total) / weight), float(grad_norm), lr, int(tokens), skipped)
 
 
 @torch.no_grad()
@@ -188,7 +154,7 @@ def lr_factor(step: int, stage: StageConfig) -> float:
     """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
     if step < stage.warmup_steps:
         return (step + 1) / stage.warmup_steps
-    span = max(1, stage.steps - stage.warmup_steps)
+    span = max(1, stage.steps - stage.warmup_steps - 1)  # the last step (steps - 1) gets min_lr_ratio
     progress = min(1.0, (step - stage.warmup_steps) / span)
     return stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -238,10 +204,44 @@ class Trainer:
         self.checkpoint = self._check_out_dir(resume)
         check_directions(recipe.architecture, recipe.directions)
         self.mixtures = [self._check_stage(stage) for stage in recipe.stages]
+        self.board = None
+        if recipe.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
+            self._summary_writer = SummaryWriter
         with torch.device("meta"):  # the parameter names, for free
             names = [name for name, _ in build_model(recipe, self.vocab.size).named_parameters()]
         for stage in recipe.stages:
             _check_prefixes(names, stage.freeze, f"stage {stage.name!r}: freeze")
+            self._check_batching(stage)
+        if recipe.init:
+            self._check_init(recipe.init)
+        self.distributed.barrier()  # no process starts writing while another is still checking
+
+    def _check_batching(self, stage: StageConfig) -> None:
+        world, where = self.distributed.world, f"stage {stage.name!r}"
+        if stage.batch_size % world:
+            raise ConfigError(f"{where}: batch_size {stage.batch_size} is not divisible by {world} processes")
+        local = stage.batch_size // world
+        micro = stage.micro_batch_size or local
+        if local % micro:
+            raise ConfigError(f"{where}: micro_batch_size {micro} must divide the {local} rows of each process")
+        if stage.objective == "align" and (stage.micro_batch_size or local < 2):
+            # the negatives of a pair are the other pairs of its forward pass: accumulation would change the loss
+            raise ConfigError(f"{where}: align needs >= 2 pairs per process and no micro_batch_size")
+
+    def _check_init(self, init: str) -> None:
+        start = Run.load(init)
+        if start.architecture != self.recipe.architecture or start.tokenizer.vocab != self.vocab:
+            raise ConfigError(f"init {init}: its architecture or vocabulary differs from the recipe's")
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in build_model(self.recipe, self.vocab.size).state_dict().items()}
+        theirs = {k: v.shape for k, v in start.model.state_dict().items()}
+        if shapes != theirs:
+            differ = sorted(k for k in set(shapes) | set(theirs) if shapes.get(k) != theirs.get(k))[:4]
+            raise ConfigError(f"init {init}: its weights do not fit the recipe's model (e.g. {differ})")
 
     def _check_out_dir(self, resume: bool) -> Checkpoint | None:
         marker = self.out / TRAIN_FILENAME
@@ -253,7 +253,9 @@ class Trainer:
             return None
         checkpoint = latest_checkpoint(self.out)
         if checkpoint is None:
-            raise ConfigError(f"--resume: {self.out} holds no checkpoint to resume from")
+            if not marker.is_file():
+                raise ConfigError(f"--resume: {self.out} holds no training run to resume")
+            return None  # stopped before its first checkpoint: start again from the beginning
         if checkpoint.state.recipe != self.recipe.to_dict():
             saved, now = checkpoint.state.recipe, self.recipe.to_dict()
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -273,7 +275,7 @@ class Trainer:
                     mixture.check_fits(stage.seq_len)
         except ConfigError as exc:
             raise ConfigError(f"stage {stage.name!r}: {exc}") from None
-        D._modality_table(self.vocab, stage.loss_weights)
+        D.modality_weights(self.vocab, stage.loss_weights)
         return train, held_out
 
     # -- running --------------------------------------------------------------------------------------
@@ -299,7 +301,10 @@ class Trainer:
             if self.distributed.main:
                 self.export(model)
         if self.distributed.main:
+            self.export(model)  # also when every stage was already done (a crash right after the last checkpoint)
             self._write_status(state, "done")
+            if self.board is not None:
+                self.board.close()
         self.distributed.barrier()
         return Run(model.eval(), self.tokenizer, self.recipe.directions)
 
@@ -346,8 +351,12 @@ class Trainer:
                     "grad_norm": stats.grad_norm,
                     "tokens": state.tokens,
                     "tokens_per_s": rate,
+                    **({"skipped": True} if stats.skipped else {}),
                 }
             )
+            if not self.progress and self.distributed.main and (step + 1) % max(1, stage.steps // 10) == 0:
+                print(f"{stage.name} {step + 1}/{stage.steps}: loss {stats.loss:.4f}, {rate:,.0f} tokens/s",
+                      file=sys.stderr, flush=True)  # fmt: skip
             done = step + 1 == stage.steps
             if stage_data.eval is not None and (done or (stage.eval_every and (step + 1) % stage.eval_every == 0)):
                 loss = evaluate(wrapped, objective, self._eval_batches(stage, stage_data), autocast=autocast,
@@ -381,31 +390,23 @@ class Trainer:
     def _steps(self, stage: StageConfig, stage_data: _StageData, start: int) -> Iterator[list]:
         """This process's micro-batches for each step from ``start``, in order."""
         rank, world = self.distributed.rank, self.distributed.world
-        if stage.batch_size % world:
-            raise ConfigError(
-                f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible by {world} processes"
-            )
         local = stage.batch_size // world
-        micro = min(stage.micro_batch_size or local, local)
-        per_step = local // micro if local % micro == 0 else None
-        if per_step is None:
-            raise ConfigError(
-                f"stage {stage.name!r}: micro_batch_size {micro} must divide the {local} rows per process"
-            )
+        micro = stage.micro_batch_size or local
         indices = [i for i in range(start * stage.batch_size, stage.steps * stage.batch_size) if i % world == rank]
         batches = D.loader(stage_data.train, indices, micro, stage_data.collate, workers=self.recipe.workers,
                            pin_memory=self.device.type == "cuda")  # fmt: skip
         group: list = []
         for batch in batches:
             group.append(batch.to(self.device))
-            if len(group) == per_step:
+            if len(group) == local // micro:
                 yield group
                 group = []
 
     def _eval_batches(self, stage: StageConfig, stage_data: _StageData) -> Iterator:
         rank, world = self.distributed.rank, self.distributed.world
         indices = [i for i in range(len(stage_data.eval)) if i % world == rank]
-        return iter(D.loader(stage_data.eval, indices, stage.batch_size, stage_data.collate))
+        size = stage.micro_batch_size or stage.batch_size // world  # no larger than a training forward pass
+        return iter(D.loader(stage_data.eval, indices, size, stage_data.collate))
 
     # -- output -----------------------------------------------------------------------------------------
 
@@ -435,9 +436,16 @@ class Trainer:
             write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def _log(self, record: dict) -> None:
-        if self.distributed.main:
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.distributed.main:
+            return
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.recipe.tensorboard:
+            if self.board is None:
+                self.board = self._summary_writer(log_dir=str(self.out / "tensorboard"))
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.board.add_scalar(f"{record['stage']}/{key}", value, record["global_step"])
 
 
 class _RowCollate:

@@ -19,14 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def next_token_losses(logits_BLV: torch.Tensor, ids_BL: torch.Tensor, loss_weight_BL: torch.Tensor) -> torch.Tensor:
+    """Σ weight · cross-entropy of each row ``[B]`` (the negative weighted log-likelihood of the row)."""
+    B, L = ids_BL.shape
+    losses = F.cross_entropy(logits_BLV[:, :-1].flatten(0, 1).float(), ids_BL[:, 1:].flatten(), reduction="none")
+    return (losses.view(B, L - 1) * loss_weight_BL[:, 1:].float()).sum(1)
+
+
 def next_token_loss_sum(
     logits_BLV: torch.Tensor, ids_BL: torch.Tensor, loss_weight_BL: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ weight · cross-entropy, Σ weight) over every predicted token."""
-    targets = ids_BL[:, 1:]
-    weights = loss_weight_BL[:, 1:].float()
-    losses = F.cross_entropy(logits_BLV[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
-    return (losses * weights.flatten()).sum(), weights.sum()
+    return next_token_losses(logits_BLV, ids_BL, loss_weight_BL).sum(), loss_weight_BL[:, 1:].float().sum()
 
 
 def next_token_loss(logits_BLV: torch.Tensor, ids_BL: torch.Tensor, loss_weight_BL: torch.Tensor) -> torch.Tensor:

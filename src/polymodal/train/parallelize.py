@@ -37,6 +37,13 @@ class Distributed:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value
 
+    def average_grads(self, params) -> None:
+        """Average the gradients of ``params`` over every process, as DDP does for the model's."""
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= self.world
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

@@ -42,6 +42,7 @@ from polymodal.tokenizers.presets import default_vocabulary_dir
 from polymodal.tokenizers.sequence import pad_batch
 from polymodal.tokenizers.text import TextTokenizer
 from polymodal.train.loop import TRAIN_FILENAME, Trainer
+from polymodal.train.losses import next_token_losses
 from polymodal.train.stages import quickstart as quickstart_recipe
 
 # How many training samples of each corpus kind, and which kinds are asked about at the end.
@@ -165,9 +166,8 @@ def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Seque
         batch, extra = batch.to(device), {"media": media.to(device)}
     else:
         batch, extra = pad_batch(seqs, run.tokenizer.vocab.pad_id).to(device), {}
-    logits = run.model(batch.ids, batch.positions, batch.modality, batch.attention_mask, **extra).float()
-    logp = logits[:, :-1].log_softmax(-1).gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
-    scores = (logp * batch.loss_weight[:, 1:]).sum(1).cpu()
+    logits = run.model(batch.ids, batch.positions, batch.modality, batch.attention_mask, **extra)
+    scores = -next_token_losses(logits, batch.ids, batch.loss_weight).cpu()
     return list(scores.split([len(o) for o in options]))
 
 

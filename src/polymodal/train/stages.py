@@ -69,6 +69,12 @@ class StageConfig:
             raise ConfigError(f"{where}: cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if not self.data:
             raise ConfigError(f"{where}: data is empty; give tokenized folders with weights")
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"{where}: warmup_steps {self.warmup_steps} must be fewer than steps {self.steps}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas) or self.weight_decay < 0:
+            raise ConfigError(f"{where}: betas must be two numbers in [0, 1) and weight_decay >= 0")
+        if isinstance(self.freeze, str) or not all(isinstance(x, str) for x in self.freeze):
+            raise ConfigError(f"{where}: freeze is a list of parameter-name prefixes, e.g. ['embed']")
         if self.eval_every < 0:
             raise ConfigError(f"{where}: eval_every must be >= 0")
 
@@ -90,6 +96,7 @@ class Recipe:
     compile: bool = False  # torch.compile the model (applied from train/parallelize.py)
     activation_checkpointing: bool = False
     workers: int = 2  # DataLoader processes per training process
+    tensorboard: bool = False  # also write metrics as TensorBoard events in OUT/tensorboard (pip install tensorboard)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -103,7 +110,7 @@ class Recipe:
             raise ConfigError(f"recipe {self.name!r}: stage names repeat: {names}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.workers < 0:
             raise ConfigError("checkpoint_every >= 1, keep_checkpoints >= 1 and workers >= 0 are required")
-        if not self.directions:
+        if not self.directions or isinstance(self.directions, str):
             raise ConfigError(f"recipe {self.name!r}: list the directions the run learns, e.g. ['image->text']")
 
     def to_dict(self) -> dict:
@@ -124,10 +131,15 @@ class Recipe:
                     stage[key] = _mixture(stage[key], base_dir, f"stage {stage.get('name', k)!r} {key}")
             for key in ("freeze", "betas"):
                 if key in stage:
+                    if isinstance(stage[key], str) or not isinstance(stage[key], (list, tuple)):
+                        raise ConfigError(f"recipe stage {k}: {key} must be a list, got {stage[key]!r}")
                     stage[key] = tuple(stage[key])
             built.append(_construct(StageConfig, stage, f"recipe stage {k}"))
         data["stages"] = tuple(built)
-        data["directions"] = tuple(data.get("directions", ()))
+        directions = data.get("directions", ())
+        if isinstance(directions, str) or not isinstance(directions, (list, tuple)):
+            raise ConfigError(f"recipe: directions must be a list such as ['image->text'], got {directions!r}")
+        data["directions"] = tuple(directions)
         for key in ("vocab", "init"):
             if data.get(key) is not None:
                 data[key] = _resolve(data[key], base_dir)
@@ -164,7 +176,10 @@ def _mixture(data: Any, base_dir: str | os.PathLike | None, where: str) -> dict[
         data = {data: 1.0}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a folder or a table {{folder: weight}}")
-    return {_resolve(p, base_dir): float(w) for p, w in data.items()}
+    try:
+        return {_resolve(p, base_dir): float(w) for p, w in data.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: weights must be numbers, got {dict(data)}") from None
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -198,72 +213,49 @@ def quickstart(data: str | os.PathLike, *, vocab: str | None = None, scale: floa
     (one tokenized folder per corpus kind). ``scale`` multiplies every stage's steps."""
     d = Path(data)
     kinds = lambda *names: {str(d / name): 1.0 for name in names}  # noqa: E731
-    steps = lambda n: max(1, int(n * scale))  # noqa: E731
+    steps = lambda n: max(2, int(n * scale))  # noqa: E731
+    warmup = lambda n, total: min(n, steps(total) - 1)  # noqa: E731
     pairs = kinds("image_caption", "speech_transcript", "sound_label")
-    every = kinds("image_caption", "caption_image", "speech_transcript", "transcript_speech", "sound_label",
-                  "interleaved", "digit_caption")  # fmt: skip
+    every = kinds(
+        "image_caption", "caption_image", "speech_transcript", "transcript_speech", "sound_label", "interleaved",
+        "digit_caption",
+    )  # fmt: skip
     chats = {str(d / "image_qa"): 3.0, str(d / "spoken_image_qa"): 2.0, str(d / "sound_qa"): 1.0,
              str(d / "video_qa"): 2.0}  # fmt: skip
+    directions = (
+        "image->text", "text->image", "audio->text", "text->audio", "image+text->text", "image+audio->text",
+        "audio+text->text", "video+text->text", "text->text",
+    )  # fmt: skip
+    align = StageConfig(
+        name="align", objective="align", data=pairs, steps=steps(40), batch_size=32, lr=1e-3,
+        warmup_steps=warmup(5, 40),
+    )  # fmt: skip
+    pretrain = StageConfig(
+        name="pretrain", data={**every, **chats}, steps=steps(140), batch_size=8, seq_len=512, lr=2e-3,
+        warmup_steps=warmup(15, 140), loss_weights={"image": 0.5, "audio": 0.5}, cond_dropout=0.1,
+    )  # fmt: skip
+    # Answers are a few tokens among hundreds of media codes: weigh the media down so they keep their share.
+    instruct = StageConfig(
+        name="instruct", data={**every, **{p: 4 * w for p, w in chats.items()}}, steps=steps(200), batch_size=8,
+        seq_len=512, lr=1.5e-3, warmup_steps=warmup(10, 200), loss_weights={"image": 0.25, "audio": 0.25},
+    )  # fmt: skip
     return Recipe(
-        name="quickstart",
-        model="tiny",
-        model_overrides={"modality_experts": True, "max_seq_len": 1024},
-        vocab=vocab,
-        directions=(
-            "image->text",
-            "text->image",
-            "audio->text",
-            "text->audio",
-            "image+text->text",
-            "image+audio->text",
-            "audio+text->text",
-            "video+text->text",
-            "text->text",
-        ),  # fmt: skip
-        stages=(
-            StageConfig(
-                name="align", objective="align", data=pairs, steps=steps(40), batch_size=32, lr=1e-3, warmup_steps=5
-            ),  # fmt: skip
-            StageConfig(
-                name="pretrain",
-                data={**every, **chats},
-                steps=steps(140),
-                batch_size=8,
-                seq_len=512,
-                lr=2e-3,
-                warmup_steps=15,
-                loss_weights={"image": 0.5, "audio": 0.5},
-                cond_dropout=0.1,
-            ),  # fmt: skip
-            StageConfig(
-                name="instruct",
-                data={**every, **{p: 4 * w for p, w in chats.items()}},
-                steps=steps(200),
-                batch_size=8,
-                seq_len=512,
-                lr=1.5e-3,
-                warmup_steps=10,
-            ),  # fmt: skip
-        ),
-        checkpoint_every=50,
-        workers=1,
-    )
+        name="quickstart", model="tiny", model_overrides={"modality_experts": True, "max_seq_len": 1024},
+        vocab=vocab, directions=directions, stages=(align, pretrain, instruct), checkpoint_every=50, workers=1,
+    )  # fmt: skip
 
 
 def small(data: str | os.PathLike, *, vocab: str | None = None, scale: float = 1.0) -> Recipe:
     """The one-GPU recipe: the ``small`` preset (≈135M parameters) in bf16 on the same folders."""
     base = quickstart(data, vocab=vocab, scale=scale * 25)
-    stages = tuple(
-        replace(
-            s,
-            batch_size=s.batch_size * 8,
-            micro_batch_size=s.batch_size * 2,
-            seq_len=2048 if s.objective == "next_token" else s.seq_len,
-            lr=s.lr / 3,
-        )  # fmt: skip
-        for s in base.stages
-    )
-    return base.with_(name="small", model="small", model_overrides={"modality_experts": True}, stages=stages,
+    stages = []
+    for s in base.stages:
+        if s.objective == "align":  # one forward pass per step: every pair is a negative of every other
+            stages.append(replace(s, batch_size=s.batch_size * 4, lr=s.lr / 3))
+        else:
+            stages.append(replace(s, batch_size=s.batch_size * 8, micro_batch_size=s.batch_size * 2, seq_len=2048,
+                                  lr=s.lr / 3))  # fmt: skip
+    return base.with_(name="small", model="small", model_overrides={"modality_experts": True}, stages=tuple(stages),
                       checkpoint_every=500, compile=True, workers=4)  # fmt: skip
 
 
