@@ -57,7 +57,7 @@ QUESTIONS = {"image": "image_qa", "speech": "spoken_image_qa", "sound": "sound_q
 @dataclass(frozen=True, kw_only=True)
 class QuickstartConfig:
     corpus: dict[str, int] = field(default_factory=lambda: dict(CORPUS))
-    test_questions: int = 200  # held-out questions per input kind
+    test_questions: int = 100  # held-out questions per input kind
     text_vocab_size: int = 1024
     max_length: int = 512
     scale: float = 1.0  # multiplies the recipe's steps
