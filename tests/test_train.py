@@ -286,3 +286,23 @@ def test_built_in_recipes_are_valid_and_round_trip(name, scale, tmp_path):
     assert [s.name for s in built.stages] == ["align", "pretrain", "instruct"]
     assert all(str(tmp_path) in path for s in built.stages for path in s.data)
     assert Recipe.from_dict(built.to_dict()) == built
+
+
+def test_packed_align_spans_pool_like_spans_alone(corpus):
+    from polymodal.model import Transformer, preset
+    from polymodal.train.objectives import pooled
+
+    vocab = DocumentTokenizer.load(corpus / "vocab").vocab
+    mixture = D.Mixture({str(corpus / "captions"): 1.0, str(corpus / "sounds"): 1.0}, vocab)
+    items = D.PairItems(mixture, *D.plan_documents(mixture, 6, seed=1), vocab)
+    pairs = [items[i] for i in range(len(items))]
+    batch = D.collate_pairs(pairs, vocab, row_len=64)
+    assert len(batch.ids) < 2 * len(pairs)  # several spans share a row
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", vocab.size)).eval()
+    with torch.no_grad():
+        packed = pooled(model, batch)
+        spans = [m for m, _ in pairs] + [t for _, t in pairs]
+        alone = torch.stack([model(s.ids[None], s.positions[None], s.modality[None], hidden=True)[0, 1:].mean(0)
+                             for s in spans])  # fmt: skip
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)

@@ -321,10 +321,34 @@ def check_pairs(mixture: Mixture, vocab: Vocabulary) -> None:
             )
 
 
-def collate_pairs(items: Sequence[tuple[TokenSequence, TokenSequence]], vocab: Vocabulary) -> TrainBatch:
-    """One batch of 2n rows for one forward pass: the n media spans, then their n texts."""
-    batch = pad_batch([m for m, _ in items] + [t for _, t in items], vocab.pad_id)
-    document_ids = torch.where(batch.attention_mask, 0, -1)
+def collate_pairs(items: Sequence[tuple[TokenSequence, TokenSequence]], vocab: Vocabulary, row_len: int) -> TrainBatch:
+    """The n media spans and their n texts packed into rows of ``row_len`` for one forward pass.
+
+    Span k's tokens carry document id k (media spans 0..n-1, texts n..2n-1), so attention stays
+    inside a span and pooling gathers each span by its id. Packing (first fit, as for next-token
+    rows) avoids padding short captions to the length of long speech spans.
+    """
+    spans = [m for m, _ in items] + [t for _, t in items]
+    sizes = np.array([len(s) for s in spans])
+    if sizes.max() > row_len:
+        raise ConfigError(f"an align span has {sizes.max()} tokens, more than seq_len {row_len}")
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for k, size in enumerate(sizes.tolist()):  # first fit: the first row with room, else a new row
+        r = next((r for r, left in enumerate(room) if size <= left), len(bins))
+        if r == len(bins):
+            bins.append([])
+            room.append(row_len)
+        bins[r].append(k)
+        room[r] -= size
+    rows, docs = [], []
+    for picked in bins:
+        rows.append(TokenSequence.cat([spans[k] for k in picked]))
+        docs.append(torch.cat([torch.full((len(spans[k]),), k, dtype=torch.long) for k in picked]))
+    batch = pad_batch(rows, vocab.pad_id)
+    document_ids = torch.full(batch.ids.shape, -1, dtype=torch.long)
+    for r, d in enumerate(docs):
+        document_ids[r, : len(d)] = d
     return TrainBatch(batch.ids, batch.modality, batch.positions, batch.loss_weight, document_ids)
 
 

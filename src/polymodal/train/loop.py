@@ -271,8 +271,7 @@ class Trainer:
                     if self.recipe.architecture == "late":
                         raise ConfigError("the align objective is for the native (early) architecture")
                     D.check_pairs(mixture, self.vocab)
-                else:
-                    mixture.check_fits(stage.seq_len)
+                mixture.check_fits(stage.seq_len)
         except ConfigError as exc:
             raise ConfigError(f"stage {stage.name!r}: {exc}") from None
         D.modality_weights(self.vocab, stage.loss_weights)
@@ -373,7 +372,7 @@ class Trainer:
         seed = self.recipe.seed * 1000 + index
         late = self.recipe.architecture == "late"
         if stage.objective == "align":
-            collate = _PairCollate(self.vocab)
+            collate = _PairCollate(self.vocab, stage.seq_len)
             make = lambda mix, n, s: D.PairItems(mix, *D.plan_documents(mix, n, s), self.vocab)  # noqa: E731
         else:
             collate = _RowCollate(self.vocab, late, stage.seq_len)
@@ -459,8 +458,8 @@ class _RowCollate:
 
 
 class _PairCollate:
-    def __init__(self, vocab) -> None:
-        self.vocab = vocab
+    def __init__(self, vocab, row_len: int) -> None:
+        self.vocab, self.row_len = vocab, row_len
 
     def __call__(self, items):
-        return D.collate_pairs(items, self.vocab)
+        return D.collate_pairs(items, self.vocab, self.row_len)

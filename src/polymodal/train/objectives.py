@@ -4,8 +4,9 @@ can divide by the weight of the whole step).
 
 * :class:`NextToken`: weighted next-token cross-entropy over packed rows (pretrain, instruct).
 * :class:`Align`: symmetric InfoNCE between the pooled hidden states of a media span and of its
-  text (image ↔ caption, speech ↔ transcript, sound ↔ label), both sides in one forward pass; the
-  negatives of a pair are the other pairs of the same batch on the same process.
+  text (image ↔ caption, speech ↔ transcript, sound ↔ label), every span of the batch packed into
+  rows for one forward pass; the negatives of a pair are the other pairs of the same batch on the
+  same process.
 
 The numerical losses themselves live in :mod:`polymodal.train.losses`.
 """
@@ -29,14 +30,14 @@ class NextToken(nn.Module):
 
 
 class Align(nn.Module):
-    """Rows ``[0, n)`` of an align batch are media spans, rows ``[n, 2n)`` their texts."""
+    """An align batch packs n media spans (document ids 0..n-1) and their n texts (n..2n-1)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.contrastive = ContrastiveLoss()
 
     def weight(self, batch: TrainBatch) -> torch.Tensor:
-        return torch.tensor(float(len(batch.ids) // 2))
+        return torch.tensor(float(int(batch.document_ids.max()) + 1) // 2)
 
     def forward(self, model: nn.Module, batch: TrainBatch) -> torch.Tensor:
         media, text = pooled(model, batch).chunk(2)
@@ -44,9 +45,13 @@ class Align(nn.Module):
 
 
 def pooled(model: nn.Module, batch: TrainBatch) -> torch.Tensor:
-    """Mean of the final hidden states over each row's tokens (its leading ``<|bos|>`` excluded)."""
+    """``[documents, D]``: the mean final hidden state of each packed span, its leading ``<|bos|>`` excluded."""
     states = model(**batch.model_inputs(), hidden=True)
-    keep = (batch.document_ids >= 0).clone()
-    keep[:, 0] = False
-    keep = keep.unsqueeze(-1).to(states.dtype)
-    return (states * keep).sum(1) / keep.sum(1).clamp(min=1)
+    docs = batch.document_ids
+    first = torch.ones_like(docs, dtype=torch.bool)
+    first[:, 1:] = docs[:, 1:] != docs[:, :-1]  # a span's first token is its <|bos|>
+    keep = (docs >= 0) & ~first
+    n = int(docs.max()) + 1
+    total = states.new_zeros(n, states.shape[-1]).index_add_(0, docs[keep], states[keep])
+    count = torch.zeros(n, device=docs.device).index_add_(0, docs[keep], torch.ones_like(docs[keep], dtype=torch.float))
+    return total / count.clamp(min=1).unsqueeze(-1).to(total.dtype)

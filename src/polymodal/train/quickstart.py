@@ -21,8 +21,10 @@ fit this budget): pass ``train_media_tokenizers=True`` to retrain them here.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,13 +98,15 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
         _corpus(data / "test" / kind, kind, config.test_questions, "test", config, progress)
     say("2/6 tokenizers")
     vocab_dir = _vocabulary(data, config)
-    codec = DocumentTokenizer.load(vocab_dir)
     say("3/6 pretokenize")
-    for kind in config.corpus:
-        target = data / "tok" / kind
-        if not (target / META_FILENAME).is_file():
-            docs = (s.document for s in read_shards(data / "corpus" / kind))
-            write_tokenized(docs, codec, target, max_length=config.max_length, progress=progress)
+    todo = [kind for kind in config.corpus if not (data / "tok" / kind / META_FILENAME).is_file()]
+    jobs = [(data / "corpus" / kind, vocab_dir, data / "tok" / kind, config.max_length) for kind in todo]
+    if config.workers > 1 and len(jobs) > 1:  # one kind per process, each on one thread
+        with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_pretokenize, jobs))
+    else:
+        for job in jobs:
+            _pretokenize(job)
     say("4/6 train: align -> pretrain -> instruct")
     recipe = quickstart_recipe(data / "tok", vocab=str(vocab_dir), scale=config.scale)
     recipe = recipe.with_(seed=config.seed)
@@ -115,6 +119,14 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
     report.samples = [str(p.relative_to(out)) for p in write_samples(run, data / "test", out / "samples")]
     write_text_atomic(out / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     return report
+
+
+def _pretokenize(job: tuple[Path, Path, Path, int]) -> None:
+    corpus, vocab_dir, target, max_length = job
+    if multiprocessing.parent_process() is not None:
+        torch.set_num_threads(1)
+    codec = DocumentTokenizer.load(vocab_dir)
+    write_tokenized((s.document for s in read_shards(corpus)), codec, target, max_length=max_length)
 
 
 def _corpus(target: Path, kind: str, n: int, split: str, config: QuickstartConfig, progress: bool) -> None:
