@@ -451,6 +451,9 @@ def train_cmd(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: a GPU if there is one).")] = None,
     strategy: Annotated[str, typer.Option(help="Data parallelism under torchrun: ddp or fsdp.")] = "ddp",
     scale: Annotated[float, typer.Option(help="For a built-in recipe: multiply every stage's steps.", min=0.0)] = 1.0,
+    vocab: Annotated[
+        Path | None, typer.Option(help="For a built-in recipe: the vocabulary its data was tokenized with.")
+    ] = None,
 ) -> None:
     """Train a model through a recipe's stages (launch with torchrun for several processes or GPUs)."""
     from polymodal.train.loop import Trainer
@@ -460,7 +463,7 @@ def train_cmd(
         if recipe in list_recipes():
             if data is None:
                 _fail(f"the built-in recipe {recipe!r} reads tokenized corpus folders: give --data DIR")
-            loaded = get_recipe(recipe, data, scale=scale)
+            loaded = get_recipe(recipe, data, scale=scale, vocab=str(vocab) if vocab else None)
         else:
             loaded = load_recipe(recipe)
         trainer = Trainer(loaded, out, resume=resume, device=device, strategy=strategy)

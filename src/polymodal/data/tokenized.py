@@ -152,7 +152,10 @@ class TokenizedDataset:
     def check_vocabulary(self, vocab: Vocabulary) -> None:
         """Refuse to train a model on ids from another vocabulary."""
         if vocab != self.vocab:
-            raise ConfigError(f"{self.directory} was tokenized with a different vocabulary than this run's")
+            raise ConfigError(
+                f"{self.directory} was tokenized with a different vocabulary than this run's "
+                "(give the vocabulary folder it was tokenized with: a recipe's vocab, or --vocab)"
+            )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
