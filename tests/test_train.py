@@ -306,3 +306,12 @@ def test_packed_align_spans_pool_like_spans_alone(corpus):
         alone = torch.stack([model(s.ids[None], s.positions[None], s.modality[None], hidden=True)[0, 1:].mean(0)
                              for s in spans])  # fmt: skip
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_init_starts_from_a_run_and_refuses_one_that_does_not_fit(corpus, tmp_path):
+    first = Trainer(recipe(corpus, stages=recipe(corpus).stages[:1]), tmp_path / "a", progress=False).fit()
+    follow = recipe(corpus, stages=recipe(corpus).stages[1:], init=str(tmp_path / "a"))  # instruct freezes embed
+    second = Trainer(follow, tmp_path / "b", progress=False).fit()
+    assert torch.equal(second.model.embed.weight, first.model.embed.weight)  # started from the first run's weights
+    with pytest.raises(ConfigError, match="do not fit the recipe's model"):
+        Trainer(follow.with_(model_overrides={"dim": 128}), tmp_path / "c", progress=False)

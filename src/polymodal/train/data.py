@@ -38,8 +38,6 @@ from polymodal.model.fusion import MediaInputs, late_fusion_batch
 from polymodal.tokenizers.sequence import TokenSequence, pad_batch
 from polymodal.vocab import Vocabulary
 
-PAIR_MODALITIES = ("image", "audio", "video")  # the media side of an alignment pair
-
 
 class Mixture:
     """Tokenized datasets with sampling weights, checked against the run's vocabulary up front."""
@@ -188,11 +186,11 @@ class PackedRows(Dataset):
 
     def __getitem__(self, r: int) -> tuple[TokenSequence, torch.Tensor]:
         parts = []
-        drop = np.random.default_rng([self.seed, 2, r]).random(len(self.plan.row(r))) < self.cond_dropout
-        for slot, (source, doc) in enumerate(self.plan.row(r)):
+        row = self.plan.row(r)
+        drop = np.random.default_rng([self.seed, 2, r]).random(len(row)) < self.cond_dropout
+        for slot, (source, doc) in enumerate(row):
             dataset = self.mixture.datasets[source]
-            seq = (dataset.unconditional(doc) if drop[slot] else None) or dataset[doc]
-            parts.append(seq)
+            parts.append((dataset.unconditional(doc) if drop[slot] else None) or dataset[doc])
         seq = TokenSequence.cat(parts)
         seq = TokenSequence(seq.ids, seq.modality, seq.positions, seq.loss_weight * self.table[seq.modality])
         document_ids = torch.cat([torch.full((len(p),), k, dtype=torch.long) for k, p in enumerate(parts)])

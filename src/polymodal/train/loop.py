@@ -211,13 +211,13 @@ class Trainer:
             except ImportError:
                 raise ConfigError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
             self._summary_writer = SummaryWriter
-        with torch.device("meta"):  # the parameter names, for free
-            names = [name for name, _ in build_model(recipe, self.vocab.size).named_parameters()]
+        with torch.device("meta"):  # parameter names and shapes, for free
+            meta = build_model(recipe, self.vocab.size)
+        names = [name for name, _ in meta.named_parameters()]
         for stage in recipe.stages:
             _check_prefixes(names, stage.freeze, f"stage {stage.name!r}: freeze")
             self._check_batching(stage)
-        if recipe.init:
-            self._check_init(recipe.init)
+        self.init_run = self._check_init(recipe.init, meta) if recipe.init else None
         self.distributed.barrier()  # no process starts writing while another is still checking
 
     def _check_batching(self, stage: StageConfig) -> None:
@@ -232,16 +232,16 @@ class Trainer:
             # the negatives of a pair are the other pairs of its forward pass: accumulation would change the loss
             raise ConfigError(f"{where}: align needs >= 2 pairs per process and no micro_batch_size")
 
-    def _check_init(self, init: str) -> None:
+    def _check_init(self, init: str, meta: nn.Module) -> Run:
         start = Run.load(init)
         if start.architecture != self.recipe.architecture or start.tokenizer.vocab != self.vocab:
             raise ConfigError(f"init {init}: its architecture or vocabulary differs from the recipe's")
-        with torch.device("meta"):
-            shapes = {k: v.shape for k, v in build_model(self.recipe, self.vocab.size).state_dict().items()}
+        shapes = {k: v.shape for k, v in meta.state_dict().items()}
         theirs = {k: v.shape for k, v in start.model.state_dict().items()}
         if shapes != theirs:
             differ = sorted(k for k in set(shapes) | set(theirs) if shapes.get(k) != theirs.get(k))[:4]
             raise ConfigError(f"init {init}: its weights do not fit the recipe's model (e.g. {differ})")
+        return start
 
     def _check_out_dir(self, resume: bool) -> Checkpoint | None:
         marker = self.out / TRAIN_FILENAME
@@ -282,8 +282,8 @@ class Trainer:
     def fit(self) -> Run:
         torch.manual_seed(self.recipe.seed)
         model = build_model(self.recipe, self.vocab.size)
-        if self.recipe.init:
-            model.load_state_dict(Run.load(self.recipe.init).model.state_dict())
+        if self.init_run is not None:  # loaded and checked once, in __init__
+            model.load_state_dict(self.init_run.model.state_dict())
         state = self.checkpoint.state if self.checkpoint else TrainerState(0, 0, 0, 0, self.recipe.to_dict())
         if self.checkpoint:
             model.load_state_dict(self.checkpoint.model_state())
