@@ -155,29 +155,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_in_processes(spec: dict, out: Path, processes: int, tmp_path: Path) -> None:
+def train_in_processes(spec: dict, out: Path, processes: int, tmp_path: Path, strategy: str = "ddp") -> None:
     path = tmp_path / f"{out.name}.json"
     path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
               "--master_port", str(free_port()), "--no-python", sys.executable]  # fmt: skip
-    cli = ["-c", "import toys; from polymodal.cli import app; app()", "train", str(path), "--out", str(out)]
+    cli = ["-c", "import toys; from polymodal.cli import app; app()", "train", str(path), "--out", str(out),
+           "--strategy", strategy]  # fmt: skip
     done = subprocess.run([*launch, *cli], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_two_processes_give_the_same_curve_as_one(corpus, tmp_path):
-    spec = recipe(corpus, model_overrides={"modality_experts": True}).to_dict()
-    train_in_processes(spec, tmp_path / "one", 1, tmp_path)
-    train_in_processes(spec, tmp_path / "two", 2, tmp_path)
-    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert [s for s, *_ in one] == [s for s, *_ in two]
-    for (_, a, ea), (_, b, eb) in zip(one, two, strict=True):
+def assert_same_training(one: Path, two: Path) -> None:
+    """Same loss curve, same final weights, same optimizer state in the last checkpoint."""
+    assert [s for s, *_ in losses(one)] == [s for s, *_ in losses(two)]
+    for (_, a, ea), (_, b, eb) in zip(losses(one), losses(two), strict=True):
         assert (a is None) == (b is None) and (ea is None) == (eb is None)
         assert (a is None or abs(a - b) < 1e-4) and (ea is None or abs(ea - eb) < 1e-4)
-    a, b = Run.load(tmp_path / "one").model.state_dict(), Run.load(tmp_path / "two").model.state_dict()
+    a, b = Run.load(one).model.state_dict(), Run.load(two).model.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3)
+    x, y = (list_checkpoints(out)[-1] / "optimizer.pt" for out in (one, two))
+    x, y = (torch.load(path, weights_only=False)["optimizer"]["state"] for path in (x, y))
+    assert x.keys() == y.keys() and "model.layers.0.attention.wq.weight" in x  # whole tensors by name
+    for name in x:
+        torch.testing.assert_close(x[name]["exp_avg_sq"], y[name]["exp_avg_sq"], atol=1e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_give_the_same_curve_as_one(corpus, tmp_path, strategy):
+    spec = recipe(corpus, model_overrides={"modality_experts": True}).to_dict()
+    train_in_processes(spec, tmp_path / "one", 1, tmp_path)
+    train_in_processes(spec, tmp_path / "two", 2, tmp_path, strategy)
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+    status = json.loads((tmp_path / "two" / "train.json").read_text())
+    assert (status["processes"], status["strategy"]) == (2, strategy)
+    if strategy == "fsdp":
+        return
     # align under DDP: one forward over media and text rows; the temperature stays equal on every process
     pairs = {str(corpus / "captions"): 1.0, str(corpus / "sounds"): 1.0}
     align = StageConfig(name="align", objective="align", data=pairs, steps=3, batch_size=4, lr=3e-3)

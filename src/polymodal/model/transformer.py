@@ -152,9 +152,10 @@ class ModalityExperts(nn.Module):
     def forward(self, x_BLD: torch.Tensor, modality_BL: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x_BLD)
         for index, expert in enumerate(self.experts):
+            # Also with no token of this modality: every expert then gets a (zero) gradient, which data
+            # parallelism needs, and there is no host sync to ask whether the modality is present.
             chosen = modality_BL == index
-            if chosen.any():
-                out[chosen] = expert(x_BLD[chosen])
+            out[chosen] = expert(x_BLD[chosen])
         return out
 
 

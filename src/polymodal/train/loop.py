@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,16 @@ from polymodal.tokenizers.presets import default_vocabulary_dir
 from polymodal.train import data as D
 from polymodal.train.checkpoint import Checkpoint, TrainerState, latest_checkpoint, save_checkpoint
 from polymodal.train.objectives import Align, NextToken
-from polymodal.train.parallelize import Distributed, default_device, init_distributed, parallelize
+from polymodal.train.parallelize import (
+    Distributed,
+    default_device,
+    full_model_state,
+    init_distributed,
+    is_sharded,
+    load_optimizer_state,
+    optimizer_state,
+    parallelize,
+)
 from polymodal.train.stages import Recipe, StageConfig
 
 TRAIN_FILENAME = "train.json"
@@ -72,8 +81,7 @@ def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, 
     total = torch.zeros((), device=weight.device)
     for k, batch in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
-        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with nullcontext() if last else _no_grad_sync(model):
             with autocast:
                 loss_sum = objective(model, batch)
             # DDP averages gradients over processes: scale so that the result is Σ loss / Σ weight.
@@ -91,6 +99,22 @@ def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, 
     scheduler.step()
     tokens = distributed.sum(torch.tensor(sum(b.tokens for b in micro_batches), device=weight.device))
     return StepStats(float(distributed.sum(total) / weight), float(grad_norm), lr, int(tokens), skipped)
+
+
+@contextmanager
+def _no_grad_sync(model: nn.Module) -> Iterator[None]:
+    """Accumulate this micro-batch's gradients locally: DDP's ``no_sync``, FSDP2's switch."""
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 @torch.no_grad()
@@ -195,9 +219,6 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         if strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
-        if strategy == "fsdp" and self.distributed.world > 1:
-            # parallelize.py can shard, but checkpoints and exports still read whole (unsharded) tensors
-            raise ConfigError("--strategy fsdp is not supported by the trainer's checkpoints yet: use ddp")
         self.strategy = strategy
         self.tokenizer = DocumentTokenizer.load(recipe.vocab or default_vocabulary_dir())
         self.vocab = self.tokenizer.vocab
@@ -297,29 +318,22 @@ class Trainer:
                 continue
             start = state.step if index == state.stage else 0
             state = self._fit_stage(model, index, stage, start, state)
-            if self.distributed.main:
-                self.export(model)
+            self.export(model)
+        self.export(model)  # also when every stage was already done (a crash right after the last checkpoint)
         if self.distributed.main:
-            self.export(model)  # also when every stage was already done (a crash right after the last checkpoint)
             self._write_status(state, "done")
             if self.board is not None:
                 self.board.close()
         self.distributed.barrier()
+        if is_sharded(model):  # every process gets the whole trained model
+            model = self._plain(full_model_state(model, everywhere=True)).to(self.device)
         return Run(model.eval(), self.tokenizer, self.recipe.directions)
 
     def _fit_stage(self, model: nn.Module, index: int, stage: StageConfig, start: int,
                    state: TrainerState) -> TrainerState:  # fmt: skip
         apply_freeze(model, stage.freeze)
         objective = (Align() if stage.objective == "align" else NextToken()).to(self.device)
-        optimizer, scheduler = build_optimizer(model, objective, stage, self.device)
-        if start > 0:
-            saved = self.checkpoint.optimizer_state()
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            objective.load_state_dict(saved["objective"])
-            self.checkpoint.restore_rng()
-        stage_data = self._stage_data(index, stage)
-        wrapped = parallelize(
+        wrapped = parallelize(  # before the optimizer: FSDP replaces the parameters by shards
             model,
             self.distributed,
             device=self.device,
@@ -327,6 +341,14 @@ class Trainer:
             compile=self.recipe.compile,
             activation_checkpointing=self.recipe.activation_checkpointing,
         )
+        optimizer, scheduler = build_optimizer(model, objective, stage, self.device)
+        if start > 0:
+            saved = self.checkpoint.optimizer_state()
+            objective.load_state_dict(saved["objective"])
+            load_optimizer_state(model, objective, optimizer, saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            self.checkpoint.restore_rng()
+        stage_data = self._stage_data(index, stage)
         autocast = autocast_for(self.recipe, self.device)
         steps = self._steps(stage, stage_data, start)
         bar = tqdm(total=stage.steps, initial=start, desc=stage.name, unit="step",
@@ -410,20 +432,35 @@ class Trainer:
     # -- output -----------------------------------------------------------------------------------------
 
     def _save(self, model: nn.Module, objective: nn.Module, optimizer, scheduler, state: TrainerState) -> None:
+        weights = full_model_state(model)  # every process takes part when the model is sharded
+        extra = {"optimizer": optimizer_state(model, objective, optimizer), "scheduler": scheduler.state_dict(),
+                 "objective": objective.state_dict()}  # fmt: skip
         if self.distributed.main:
-            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "objective": objective.state_dict()}  # fmt: skip
-            save_checkpoint(self.out, state, model.state_dict(), extra, keep=self.recipe.keep_checkpoints)
+            save_checkpoint(self.out, state, weights, extra, keep=self.recipe.keep_checkpoints)
             self._write_status(state, "training")
         self.distributed.barrier()
 
-    def export(self, model: nn.Module) -> Path:
-        """Save the model as a run in ``run_dir`` (default ``OUT/run``): what generate, eval and serve read."""
+    def export(self, model: nn.Module) -> Path | None:
+        """Save the model as a run in ``run_dir`` (default ``OUT/run``): what generate, eval and serve
+        read. Every process calls it (a sharded model is gathered first); the main one writes."""
+        if is_sharded(model):
+            weights = full_model_state(model)
+            model = self._plain(weights) if self.distributed.main else None
+        if not self.distributed.main:
+            return None
         return Run(model, self.tokenizer, self.recipe.directions).save(self.run_dir)
+
+    def _plain(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """An unsharded model holding ``weights``."""
+        model = build_model(self.recipe, self.vocab.size)
+        model.load_state_dict(weights)
+        return model
 
     def _write_status(self, state: TrainerState, status: str) -> None:
         info = {"status": status, "stage": self.recipe.stages[min(state.stage, len(self.recipe.stages) - 1)].name,
-                "global_step": state.global_step, "tokens": state.tokens, "recipe": self.recipe.to_dict()}  # fmt: skip
+                "global_step": state.global_step, "tokens": state.tokens, "processes": self.distributed.world,
+                "strategy": self.strategy if self.distributed.world > 1 else None, "device": str(self.device),
+                "recipe": self.recipe.to_dict()}  # fmt: skip
         write_text_atomic(self.out / TRAIN_FILENAME, json.dumps(info, indent=2) + "\n")
 
     def _forget_metrics_after(self, global_step: int) -> None:

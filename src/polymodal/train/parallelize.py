@@ -4,6 +4,10 @@ The model is written for one device. Here, and only here: the process group (``t
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; NCCL on GPUs, gloo on CPUs), activation checkpointing of
 each block, ``torch.compile``, and data parallelism — DDP, or FSDP2's ``fully_shard`` on every
 block and then the root so that parameters, gradients and optimizer state are sharded.
+
+Checkpoints hold *full* (unsharded) tensors keyed by parameter name, gathered with
+``torch.distributed.checkpoint.state_dict``, whatever the strategy: a run saved by 4 FSDP processes
+resumes on 1 process or under DDP, and the exported run is a plain model.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from functools import partial
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.utils.checkpoint import checkpoint
 
 from polymodal.errors import ConfigError
@@ -85,23 +95,73 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
             block._recomputed = True
 
 
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2: shard every block, then the root (embeddings, heads), in place; once.
+
+    Build the optimizer *after* this: it must hold the sharded parameters."""
+    from torch.distributed.fsdp import fully_shard
+
+    if not is_sharded(model):
+        for block in _blocks(model):
+            fully_shard(block)
+        fully_shard(model)
+    return model
+
+
 def parallelize(model: nn.Module, distributed: Distributed, *, device: torch.device, strategy: str = "ddp",
                 compile: bool = False, activation_checkpointing: bool = False) -> nn.Module:  # fmt: skip
-    """The model as the training loop should call it; ``model`` itself keeps the weights to save."""
+    """The model as the training loop should call it; ``model`` itself keeps the weights to save.
+
+    With ``fsdp`` the model is sharded in place (the first call; later calls find it sharded), so
+    build optimizers after calling this. With ``ddp`` a new wrapper is made each call, so that it
+    sees which parameters the current stage trains."""
     if strategy not in ("ddp", "fsdp"):
         raise ConfigError(f"parallel strategy must be 'ddp' or 'fsdp', got {strategy!r}")
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if distributed.world > 1 and strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for block in _blocks(model):
-            fully_shard(block)
-        fully_shard(model)
+        shard(model)
     elif distributed.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        # find_unused_parameters: a modality expert that sees no token of its modality gets no gradient
+        # find_unused_parameters: the align objective never reaches the output head
         model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
     return torch.compile(model) if compile else model
+
+
+# -- full state, whatever the strategy ------------------------------------------------------------------
+
+_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
+
+
+def full_model_state(model: nn.Module, *, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """The model's whole tensors by name; for a sharded model a collective call (every process must
+    make it) that leaves them on rank 0 only unless ``everywhere``."""
+    if not is_sharded(model):
+        return model.state_dict()
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+
+
+def _trained(model: nn.Module, objective: nn.Module) -> nn.Module:
+    # One root, so that the optimizer state is keyed by names: "model.layers.0...", "objective...".
+    return nn.ModuleDict({"model": model, "objective": objective})
+
+
+def optimizer_state(model: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state keyed by parameter name with whole tensors (collective when sharded)."""
+    return get_optimizer_state_dict(_trained(model, objective), optimizer, options=_GATHER)
+
+
+def load_optimizer_state(model: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict) -> None:  # fmt: skip
+    """Load what :func:`optimizer_state` saved, sharding it like the parameters (every process
+    passes the whole state)."""
+    set_optimizer_state_dict(_trained(model, objective), optimizer, state,
+                             options=StateDictOptions(full_state_dict=True))  # fmt: skip
