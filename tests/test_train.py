@@ -97,6 +97,11 @@ def test_training_learns_exports_a_run_and_keeps_checkpoints(corpus, tmp_path):
     run = Trainer(recipe(corpus, stages=stages, checkpoint_every=10, tensorboard=True), out, progress=False).fit()
     history = [loss for _, loss, _ in losses(out) if loss is not None]
     assert len(history) == 30 and history[-1] < 0.5 * history[0]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # per-modality losses: the step's loss is their weighted mean, so it lies between them
+        parts = [v for k, v in r.items() if k.startswith(("loss/", "eval_loss/"))]
+        assert {"loss/image", "loss/text"} <= r.keys() if "loss" in r else {"eval_loss/text"} <= r.keys()
+        assert min(parts) - 1e-5 <= r.get("loss", r.get("eval_loss")) <= max(parts) + 1e-5
     assert [p.name for p in list_checkpoints(out)] == ["step-00000020", "step-00000030"]  # keep 2
     loaded = Run.load(out)  # a training folder loads as its exported run
     assert loaded.directions == run.directions
@@ -330,3 +335,13 @@ def test_init_starts_from_a_run_and_refuses_one_that_does_not_fit(corpus, tmp_pa
     assert torch.equal(second.model.embed.weight, first.model.embed.weight)  # started from the first run's weights
     with pytest.raises(ConfigError, match="do not fit the recipe's model"):
         Trainer(follow.with_(model_overrides={"dim": 128}), tmp_path / "c", progress=False)
+
+
+def test_losses_by_modality_sum_the_trained_tokens_of_each_modality():
+    from polymodal.train.losses import losses_by_modality
+
+    losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    trained = torch.tensor([[True, True, False], [True, False, True]])
+    modality = torch.tensor([[1, 2, 2], [2, 1, 3]])
+    tally = losses_by_modality(losses, trained, modality, 4)
+    assert tally.tolist() == [[0.0, 0.0], [1.0, 1.0], [6.0, 2.0], [6.0, 1.0]]

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -71,6 +71,7 @@ class StepStats:
     lr: float
     tokens: int  # over all processes
     skipped: bool = False  # the gradient was not finite: no update was made
+    by_modality: dict[str, float] = field(default_factory=dict)  # mean loss of each modality's tokens
 
 
 def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, optimizer: torch.optim.Optimizer,
@@ -78,15 +79,17 @@ def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, 
     """One optimizer step over ``micro_batches`` (this process's share of the step's rows)."""
     weight = distributed.sum(torch.stack([objective.weight(b) for b in micro_batches]).sum().to(_device(model)))
     weight = weight.clamp(min=1e-8)
-    total = torch.zeros((), device=weight.device)
+    total, tally = torch.zeros((), device=weight.device), None
     for k, batch in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
         with nullcontext() if last else _no_grad_sync(model):
             with autocast:
-                loss_sum = objective(model, batch)
+                loss_sum, part = objective(model, batch)
             # DDP averages gradients over processes: scale so that the result is Σ loss / Σ weight.
             (loss_sum * distributed.world / weight).backward()
         total += loss_sum.detach().float()
+        if part is not None:
+            tally = part if tally is None else tally + part
     if distributed.world > 1:  # objective parameters (the align temperature) live outside DDP
         distributed.average_grads(objective.parameters())
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -98,7 +101,15 @@ def train_step(model: nn.Module, objective: nn.Module, micro_batches: Sequence, 
     lr = optimizer.param_groups[0]["lr"]
     scheduler.step()
     tokens = distributed.sum(torch.tensor(sum(b.tokens for b in micro_batches), device=weight.device))
-    return StepStats(float(distributed.sum(total) / weight), float(grad_norm), lr, int(tokens), skipped)
+    return StepStats(float(distributed.sum(total) / weight), float(grad_norm), lr, int(tokens), skipped,
+                     _by_modality(tally, distributed, getattr(objective, "modalities", ())))  # fmt: skip
+
+
+def _by_modality(tally: torch.Tensor | None, distributed: Distributed, names: Sequence[str]) -> dict[str, float]:
+    if tally is None:
+        return {}
+    tally = distributed.sum(tally).tolist()
+    return {name: total / count for name, (total, count) in zip(names, tally, strict=True) if count > 0}
 
 
 @contextmanager
@@ -119,19 +130,25 @@ def _no_grad_sync(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, objective: nn.Module, batches: Iterator, *, autocast,
-             distributed: Distributed) -> float:  # fmt: skip
-    """The weighted mean loss over ``batches`` (all processes together), in eval mode."""
+             distributed: Distributed) -> tuple[float, dict[str, float]]:  # fmt: skip
+    """The weighted mean loss over ``batches`` (all processes together), in eval mode, and the mean
+    loss of each modality's tokens."""
     was_training = model.training
     model.eval()
     device = _device(model)
-    total, weight = torch.zeros((), device=device), torch.zeros((), device=device)
+    total, weight, tally = torch.zeros((), device=device), torch.zeros((), device=device), None
     for batch in batches:
         batch = batch.to(device)
         with autocast:
-            total += objective(model, batch).float()
+            loss_sum, part = objective(model, batch)
+        total += loss_sum.float()
         weight += objective.weight(batch).to(device)
+        if part is not None:
+            tally = part if tally is None else tally + part
     model.train(was_training)
-    return float(distributed.sum(total) / distributed.sum(weight).clamp(min=1e-8))
+    names = getattr(objective, "modalities", ())
+    return float(distributed.sum(total) / distributed.sum(weight).clamp(min=1e-8)), _by_modality(tally, distributed,
+                                                                                                 names)  # fmt: skip
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -332,7 +349,7 @@ class Trainer:
     def _fit_stage(self, model: nn.Module, index: int, stage: StageConfig, start: int,
                    state: TrainerState) -> TrainerState:  # fmt: skip
         apply_freeze(model, stage.freeze)
-        objective = (Align() if stage.objective == "align" else NextToken()).to(self.device)
+        objective = (Align() if stage.objective == "align" else NextToken(self.vocab.modalities)).to(self.device)
         wrapped = parallelize(  # before the optimizer: FSDP replaces the parameters by shards
             model,
             self.distributed,
@@ -372,6 +389,7 @@ class Trainer:
                     "grad_norm": stats.grad_norm,
                     "tokens": state.tokens,
                     "tokens_per_s": rate,
+                    **{f"loss/{name}": value for name, value in stats.by_modality.items()},
                     **({"skipped": True} if stats.skipped else {}),
                 }
             )
@@ -380,9 +398,10 @@ class Trainer:
                       file=sys.stderr, flush=True)  # fmt: skip
             done = step + 1 == stage.steps
             if stage_data.eval is not None and (done or (stage.eval_every and (step + 1) % stage.eval_every == 0)):
-                loss = evaluate(wrapped, objective, self._eval_batches(stage, stage_data), autocast=autocast,
-                                distributed=self.distributed)  # fmt: skip
-                self._log({"stage": stage.name, "step": step + 1, "global_step": state.global_step, "eval_loss": loss})
+                loss, parts = evaluate(wrapped, objective, self._eval_batches(stage, stage_data), autocast=autocast,
+                                       distributed=self.distributed)  # fmt: skip
+                self._log({"stage": stage.name, "step": step + 1, "global_step": state.global_step, "eval_loss": loss,
+                           **{f"eval_loss/{name}": value for name, value in parts.items()}})  # fmt: skip
                 bar.write(f"{stage.name} step {step + 1}: held-out loss {loss:.4f}")
             if done or (step + 1) % self.recipe.checkpoint_every == 0:
                 self._save(model, objective, optimizer, scheduler, state)

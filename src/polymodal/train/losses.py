@@ -19,11 +19,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def next_token_losses(logits_BLV: torch.Tensor, ids_BL: torch.Tensor, loss_weight_BL: torch.Tensor) -> torch.Tensor:
-    """Σ weight · cross-entropy of each row ``[B]`` (the negative weighted log-likelihood of the row)."""
+def token_losses(logits_BLV: torch.Tensor, ids_BL: torch.Tensor) -> torch.Tensor:
+    """``[B, L-1]``: the cross-entropy of predicting each token from the ones before it (fp32)."""
     B, L = ids_BL.shape
     losses = F.cross_entropy(logits_BLV[:, :-1].flatten(0, 1).float(), ids_BL[:, 1:].flatten(), reduction="none")
-    return (losses.view(B, L - 1) * loss_weight_BL[:, 1:].float()).sum(1)
+    return losses.view(B, L - 1)
+
+
+def next_token_losses(logits_BLV: torch.Tensor, ids_BL: torch.Tensor, loss_weight_BL: torch.Tensor) -> torch.Tensor:
+    """Σ weight · cross-entropy of each row ``[B]`` (the negative weighted log-likelihood of the row)."""
+    return (token_losses(logits_BLV, ids_BL) * loss_weight_BL[:, 1:].float()).sum(1)
+
+
+def losses_by_modality(losses_BL: torch.Tensor, trained_BL: torch.Tensor, modality_BL: torch.Tensor,
+                       num_modalities: int) -> torch.Tensor:  # fmt: skip
+    """``[M, 2]``: per modality code, the summed (unweighted) loss of the trained tokens and their
+    count — summed over micro-batches and processes, then divided, for a per-modality mean."""
+    losses, modality = losses_BL.detach()[trained_BL], modality_BL[trained_BL]
+    tally = losses.new_zeros(num_modalities, 2)
+    tally[:, 0].index_add_(0, modality, losses)
+    tally[:, 1].index_add_(0, modality, torch.ones_like(losses))
+    return tally
 
 
 def next_token_loss_sum(
