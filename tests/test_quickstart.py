@@ -4,16 +4,18 @@ held-out questions and samples, and picking up again where it stopped."""
 import json
 
 import pytest
+import torch
 
 from polymodal.content import Audio, Image
 from polymodal.errors import ConfigError
 from polymodal.run import Run
+from polymodal.tokenizers import load_tokenizer
 from polymodal.train.quickstart import CORPUS, QUESTIONS, QuickstartConfig, run_quickstart
 
 
 def test_quickstart_end_to_end_at_a_tiny_scale(tmp_path):
     config = QuickstartConfig(corpus={kind: 6 for kind in CORPUS}, test_questions=3, scale=0.02, workers=1,
-                              text_vocab_size=300)  # fmt: skip
+                              text_vocab_size=300, media_tokenizer_steps=3)  # fmt: skip
     said = []
     report = run_quickstart(tmp_path / "qs", config, progress=False, say=said.append)
     assert [line.split()[0] for line in said] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
@@ -24,6 +26,12 @@ def test_quickstart_end_to_end_at_a_tiny_scale(tmp_path):
     assert saved["accuracy"] == report.accuracy and saved["chance"] == 0.25
     run = Run.load(tmp_path / "qs")
     assert run.tokenizer.vocab.range("text").size == 300 and "video+text->text" in run.directions
+    for kind in ("image", "audio"):  # trained here, 3 steps each, and used by the vocabulary
+        trained = json.loads((tmp_path / "qs" / "data" / "tokenizers" / kind / "report.json").read_text())
+        assert trained["train"]["steps"] == 3 and trained["held_out"]
+        ours = run.tokenizer.tokenizer(kind).model.state_dict()
+        theirs = load_tokenizer(tmp_path / "qs" / "data" / "tokenizers" / kind).model.state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     stages = [
         json.loads(line)["stage"] for line in (tmp_path / "qs" / "train" / "metrics.jsonl").read_text().splitlines()
     ]

@@ -483,11 +483,14 @@ def quickstart_cmd(
     scale: Annotated[float, typer.Option(help="Multiply the training steps (0.1 for a smoke test).", min=0.0)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the corpus, the initial weights and the data order.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes for corpus generation and data loading.", min=0)] = 2,
+    media_tokenizer_steps: Annotated[
+        int, typer.Option(help="Train the image and audio tokenizers here, N steps each (0: the built-in ones).", min=0)
+    ] = 0,
 ) -> None:
     """The whole CPU recipe: corpus -> tokenizers -> align -> pretrain -> instruct -> held-out questions -> samples."""
     from polymodal.train.quickstart import QuickstartConfig, run_quickstart
 
-    config = QuickstartConfig(scale=scale, seed=seed, workers=workers)
+    config = QuickstartConfig(scale=scale, seed=seed, workers=workers, media_tokenizer_steps=media_tokenizer_steps)
     try:
         report = run_quickstart(out, config, resume=resume, progress=sys.stderr.isatty(), say=typer.echo)
     except (PolymodalError, FileNotFoundError) as exc:
