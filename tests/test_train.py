@@ -295,8 +295,22 @@ def test_bad_recipes_and_folders_fail_before_any_work(corpus, tmp_path):
     Trainer(recipe(corpus, stages=recipe(corpus).stages[:1]), tmp_path / "o5", progress=False).fit()
     with pytest.raises(ConfigError, match="already holds a training run"):
         Trainer(recipe(corpus), tmp_path / "o5", progress=False)
-    with pytest.raises(ConfigError, match="different recipe \\(differs in \\['stages'\\]\\)"):
-        Trainer(recipe(corpus), tmp_path / "o5", resume=True, progress=False)
+    pretrain, instruct = recipe(corpus).stages
+    changed = recipe(corpus, stages=(replace(pretrain, lr=1e-2), instruct), seed=3)
+    with pytest.raises(ConfigError, match=r"differs in \['seed', 'stages\[0\].lr'\]"):
+        Trainer(changed, tmp_path / "o5", resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"'stages\[0\].data'"):
+        Trainer(recipe(corpus, stages=(instruct,)), tmp_path / "o5", resume=True, progress=False)
+
+
+def test_resume_may_add_stages_and_change_how_the_run_is_executed(corpus, tmp_path):
+    first = recipe(corpus, stages=recipe(corpus).stages[:1])
+    Trainer(first, tmp_path / "a", progress=False).fit()
+    later = recipe(corpus, checkpoint_every=2, workers=1, name="renamed")  # the instruct stage added
+    Trainer(later, tmp_path / "a", resume=True, progress=False).fit()
+    Trainer(recipe(corpus, checkpoint_every=2, workers=1), tmp_path / "b", progress=False).fit()
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")  # as if both stages had been asked for at once
+    assert json.loads((tmp_path / "a" / "train.json").read_text())["recipe"]["name"] == "renamed"
 
 
 @pytest.mark.parametrize("name", list_recipes())

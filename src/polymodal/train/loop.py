@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ from polymodal.train.parallelize import (
     optimizer_state,
     parallelize,
 )
-from polymodal.train.stages import Recipe, StageConfig
+from polymodal.train.stages import Recipe, StageConfig, resume_conflicts
 
 TRAIN_FILENAME = "train.json"
 RUN_DIRNAME = "run"
@@ -294,10 +294,11 @@ class Trainer:
             if not marker.is_file():
                 raise ConfigError(f"--resume: {self.out} holds no training run to resume")
             return None  # stopped before its first checkpoint: start again from the beginning
-        if checkpoint.state.recipe != self.recipe.to_dict():
-            saved, now = checkpoint.state.recipe, self.recipe.to_dict()
-            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise ConfigError(f"--resume: {checkpoint.path} was made by a different recipe (differs in {changed})")
+        conflicts = resume_conflicts(checkpoint.state.recipe, self.recipe.to_dict(), checkpoint.state.stage)
+        if conflicts:
+            raise ConfigError(f"--resume: {checkpoint.path} was made by a recipe that differs in {conflicts}; only "
+                              "stages not yet begun and how the run is executed (checkpoint_every, workers, "
+                              "micro_batch_size, evaluation ...) may change")  # fmt: skip
         return checkpoint
 
     def _check_stage(self, stage: StageConfig) -> tuple[D.Mixture, D.Mixture | None]:
@@ -322,7 +323,9 @@ class Trainer:
         model = build_model(self.recipe, self.vocab.size)
         if self.init_run is not None:  # loaded and checked once, in __init__
             model.load_state_dict(self.init_run.model.state_dict())
-        state = self.checkpoint.state if self.checkpoint else TrainerState(0, 0, 0, 0, self.recipe.to_dict())
+        state = TrainerState(0, 0, 0, 0, self.recipe.to_dict())
+        if self.checkpoint:  # where it stopped, under the recipe as it is now (see resume_conflicts)
+            state = replace(self.checkpoint.state, recipe=self.recipe.to_dict())
         if self.checkpoint:
             model.load_state_dict(self.checkpoint.model_state())
         model.to(self.device).train()

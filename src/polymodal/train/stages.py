@@ -208,6 +208,33 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 # -- built-in recipes -----------------------------------------------------------------------------
 
 
+# What a resumed run may change: how it is run, not what it computes.
+_RESUMABLE_RECIPE_KEYS = frozenset(
+    {"name", "directions", "checkpoint_every", "keep_checkpoints", "compile", "activation_checkpointing", "workers",
+     "tensorboard"}
+)  # fmt: skip
+_RESUMABLE_STAGE_KEYS = frozenset({"micro_batch_size", "eval_data", "eval_every", "eval_batches"})
+
+
+def resume_conflicts(saved: Mapping[str, Any], now: Mapping[str, Any], begun: int) -> list[str]:
+    """What ``now`` (a recipe's ``to_dict()``) changes, against the recipe of a checkpoint taken in
+    stage ``begun``, that would make the resumed run differ from one never stopped: the model, the
+    data, the seed, or any setting of a stage already begun. Stages after it may be changed, added
+    or removed; how the run is executed (checkpointing, workers, compile, micro-batches,
+    evaluation) may change too."""
+    conflicts = sorted(k for k in set(saved) | set(now) - {"stages"}
+                       if k not in _RESUMABLE_RECIPE_KEYS | {"stages"} and saved.get(k) != now.get(k))  # fmt: skip
+    old, new = saved.get("stages", []), now.get("stages", [])
+    for i in range(begun + 1):
+        if i >= len(new):
+            conflicts.append(f"stage {i} ({old[i].get('name')!r}) was removed")
+            continue
+        keys = set(old[i]) | set(new[i])
+        changed = sorted(k for k in keys - _RESUMABLE_STAGE_KEYS if old[i].get(k) != new[i].get(k))
+        conflicts += [f"stages[{i}].{k}" for k in changed]
+    return conflicts
+
+
 def quickstart(data: str | os.PathLike, *, vocab: str | None = None, scale: float = 1.0) -> Recipe:
     """The CPU recipe of ``polymodal quickstart`` on the shapes-world folders it prepares under ``data``
     (one tokenized folder per corpus kind). ``scale`` multiplies every stage's steps."""
