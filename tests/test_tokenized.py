@@ -40,6 +40,19 @@ def test_round_trip_and_truncation(tmp_path, codec):
         data.check_vocabulary(other.vocab)
 
 
+def test_documents_cut_or_left_without_an_answer_are_counted_and_skipped(tmp_path, codec):
+    long_answer = Document.chat(("user", TEXTS[1]), ("assistant", TEXTS[3]))  # the answer falls past the cut
+    fits = Document.chat(("user", "hi"), ("assistant", "a red circle"))
+    docs = [Document.of(TEXTS[1]), long_answer, fits]
+    write_tokenized(docs, codec, tmp_path / "tok", max_length=16)
+    data = TokenizedDataset(tmp_path / "tok")
+    assert (data.meta["read"], data.meta["cut"], data.meta["skipped"]) == (3, 1, 1)
+    assert len(data) == 2 and torch.equal(data[1].ids, codec.encode(fits).ids)
+    with pytest.raises(ConfigError, match="none of the 1 documents fits max_length=6"):
+        write_tokenized([long_answer], codec, tmp_path / "none", max_length=6)
+    assert not (tmp_path / "none").exists()
+
+
 def test_damaged_and_missing_datasets(tmp_path, codec):
     with pytest.raises(ConfigError, match="not a tokenized dataset"):
         TokenizedDataset(tmp_path)

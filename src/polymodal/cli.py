@@ -403,7 +403,10 @@ def pretokenize_cmd(
         str | None, typer.Option(help="For caption/transcript folders: e.g. text->image or text->audio.")
     ] = None,
     chat: Annotated[bool, typer.Option(help="For caption/transcript folders: write user/assistant chats.")] = False,
-    fps: Annotated[float | None, typer.Option(help="For video folders: frames sampled per second.", min=0.01)] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Video frames sampled per second (default: 1, or as a corpus wrote them).",
+                                   min=0.01)  # fmt: skip
+    ] = None,
 ) -> None:
     """Encode documents once into memory-mapped arrays that training reads (media never re-encoded)."""
     from polymodal.content import Document
@@ -420,7 +423,8 @@ def pretokenize_cmd(
     def documents():
         for source in sources:
             if is_corpus(source):
-                yield from (sample.document for sample in read_shards([source] if source.is_file() else source))
+                shards = [source] if source.is_file() else source
+                yield from (sample.document for sample in read_shards(shards, video_fps=fps))
             elif source.suffix.lower() == ".json":
                 yield Document.load(source)
             else:
@@ -438,6 +442,10 @@ def pretokenize_cmd(
         _fail(exc)
     data = TokenizedDataset(out)
     typer.echo(f"{len(data)} documents, {int(data.lengths().sum())} tokens -> {out}")
+    if data.meta.get("cut") or data.meta.get("skipped"):
+        typer.echo(f"warning: {data.meta['cut']} of {data.meta['read']} documents were cut to --max-length "
+                   f"{max_length}, and {data.meta['skipped']} skipped (nothing to learn left after the cut)",
+                   err=True)  # fmt: skip
 
 
 @app.command("train")

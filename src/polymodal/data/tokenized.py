@@ -84,6 +84,12 @@ def write_tokenized(
 ) -> Path:
     """Encode every document once (truncated media-safely to ``max_length``) into ``out_dir``.
 
+    A document longer than ``max_length`` is cut (``truncation="right"``: before the first text
+    token or media span that does not fit; ``"error"`` raises instead). One that has nothing left
+    to learn from after the cut — a chat whose answer was cut away — is *skipped*. ``meta.json``
+    records how many documents were read, cut and skipped, so that a too-small ``max_length`` is
+    seen rather than silently training on stubs.
+
     With ``unconditional``, every document that ends in an image or audio also gets its
     :func:`~polymodal.content.document.drop_conditioning` variant, in ``unconditional/``: the
     trainer swaps it in for conditioning dropout (classifier-free guidance) without re-encoding.
@@ -91,9 +97,26 @@ def write_tokenized(
     staging = staging_directory(out_dir)
     writers = {"main": _ArrayWriter(staging)}
     variants: list[int] = []
+    counts = {"read": 0, "cut": 0, "skipped": 0}
+
+    def encode(document: Document) -> TokenSequence | None:
+        seq = tokenizer.encode(document)
+        if len(seq) <= max_length:
+            return seq
+        seq = tokenizer.encode(document, max_length=max_length, truncation=truncation)
+        if not bool((seq.loss_weight[1:] > 0).any()):
+            counts["skipped"] += 1
+            return None
+        counts["cut"] += 1
+        return seq
+
     try:
         for document in tqdm(documents, desc="tokenizing", disable=not progress, unit="doc"):
-            writers["main"].append(tokenizer.encode(document, max_length=max_length, truncation=truncation))
+            counts["read"] += 1
+            seq = encode(document)
+            if seq is None:
+                continue
+            writers["main"].append(seq)
             variant = -1
             if unconditional and _generates_media(document):
                 if "uncond" not in writers:
@@ -103,10 +126,13 @@ def write_tokenized(
                     tokenizer.encode(dropped, max_length=max_length, truncation=truncation)
                 )
             variants.append(variant)
+        if counts["read"] and writers["main"].offsets == [0]:
+            raise ConfigError(f"{out_dir}: none of the {counts['read']} documents fits max_length={max_length}")
+        meta = {"max_length": max_length, "read": counts["read"], "cut": counts["cut"], "skipped": counts["skipped"]}
         if "uncond" in writers:
             writers["uncond"].close(tokenizer.vocab, {"max_length": max_length})
             np.save(staging / "unconditional.npy", np.asarray(variants, dtype=np.int64))
-        writers["main"].close(tokenizer.vocab, {"max_length": max_length})
+        writers["main"].close(tokenizer.vocab, meta)
         swap_directory(staging, out_dir, marker=META_FILENAME)
     except BaseException:
         for writer in writers.values():

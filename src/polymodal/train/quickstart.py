@@ -21,6 +21,7 @@ commands in ``assets/README.md`` (far longer than this budget allows). ``media_t
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import re
@@ -63,6 +64,7 @@ class QuickstartConfig:
     test_questions: int = 100  # held-out questions per input kind
     text_vocab_size: int = 1024
     max_length: int = 512
+    video_fps: float = 2.0  # frames per second read from the corpus videos (written at 10): 2-4 s clips -> 4-8 frames
     scale: float = 1.0  # multiplies the recipe's steps
     seed: int = 0
     workers: int = 2
@@ -101,7 +103,8 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
     vocab_dir = _vocabulary(data, config)
     say("3/6 pretokenize")
     todo = [kind for kind in config.corpus if not (data / "tok" / kind / META_FILENAME).is_file()]
-    jobs = [(data / "corpus" / kind, vocab_dir, data / "tok" / kind, config.max_length) for kind in todo]
+    jobs = [(data / "corpus" / kind, vocab_dir, data / "tok" / kind, config.max_length, config.video_fps)
+            for kind in todo]  # fmt: skip
     if config.workers > 1 and len(jobs) > 1:  # one kind per process, each on one thread
         with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_pretokenize, jobs))
@@ -115,19 +118,21 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
                       run_dir=out / "run")  # fmt: skip
     run = trainer.fit()
     say("5/6 held-out questions")
-    report = evaluate_questions(run, data / "test", config.test_questions)
+    report = evaluate_questions(run, data / "test", config.test_questions, video_fps=config.video_fps)
     say("6/6 samples")
-    report.samples = [str(p.relative_to(out)) for p in write_samples(run, data / "test", out / "samples")]
+    samples = write_samples(run, data / "test", out / "samples", video_fps=config.video_fps)
+    report.samples = [str(p.relative_to(out)) for p in samples]
     write_text_atomic(out / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     return report
 
 
-def _pretokenize(job: tuple[Path, Path, Path, int]) -> None:
-    corpus, vocab_dir, target, max_length = job
+def _pretokenize(job: tuple[Path, Path, Path, int, float]) -> None:
+    corpus, vocab_dir, target, max_length, video_fps = job
     if multiprocessing.parent_process() is not None:
         torch.set_num_threads(1)
     codec = DocumentTokenizer.load(vocab_dir)
-    write_tokenized((s.document for s in read_shards(corpus)), codec, target, max_length=max_length)
+    documents = (s.document for s in read_shards(corpus, video_fps=video_fps))
+    write_tokenized(documents, codec, target, max_length=max_length)
 
 
 def _corpus(target: Path, kind: str, n: int, split: str, config: QuickstartConfig, progress: bool) -> None:
@@ -209,13 +214,14 @@ def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Seque
     return list(scores.split([len(o) for o in options]))
 
 
-def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8) -> QuickstartReport:
+def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8, *,
+                       video_fps: float | None = None) -> QuickstartReport:  # fmt: skip
     """Held-out corpus questions, asked with and without their media: a question is answered right
     when the option the run finds likeliest as its answer is the reference (4 options, so chance is
     25%, as in lm-evaluation-harness's multiple choice)."""
     accuracy, blind = {}, {}
     for name, kind in QUESTIONS.items():
-        samples = list(read_shards(test_dir / kind))[:limit]
+        samples = list(itertools.islice(read_shards(test_dir / kind, video_fps=video_fps), limit))
         questions = [s.meta["truth"]["questions"][0] for s in samples]
         for target, is_blind in ((accuracy, False), (blind, True)):
             prompts = [_question_prompt(s.document, blind=is_blind)[0] for s in samples]
@@ -228,7 +234,7 @@ def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8
     return QuickstartReport(accuracy, blind, chance=0.25, questions=limit, samples=[])
 
 
-def write_samples(run: Run, test_dir: Path, out: Path) -> list[Path]:
+def write_samples(run: Run, test_dir: Path, out: Path, *, video_fps: float | None = None) -> list[Path]:
     """Drawings, speech and answers of the trained run, for a person to look at and listen to."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -247,7 +253,7 @@ def write_samples(run: Run, test_dir: Path, out: Path) -> list[Path]:
         write_bytes_atomic(written[-1], speech.to_wav_bytes())
     lines = []
     for name, kind in QUESTIONS.items():
-        for sample in list(read_shards(test_dir / kind))[:3]:
+        for sample in itertools.islice(read_shards(test_dir / kind, video_fps=video_fps), 3):
             prompt, answer = _question_prompt(sample.document, blind=False)
             said = generate(run, prompt, sampling=SamplingConfig(temperature=0, max_new_tokens=16),
                             check_direction=False)[0].part.text  # fmt: skip
