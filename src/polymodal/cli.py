@@ -367,6 +367,7 @@ def make_shapes_cmd(
         list[str] | None, typer.Option("--kind", help="Only these kinds (repeatable; default all).")
     ] = None,
     image_size: Annotated[int, typer.Option(help="Side of scene images in pixels.", min=16)] = 64,
+    video_size: Annotated[int, typer.Option(help="Side of video frames in pixels.", min=16)] = 64,
     samples_per_shard: Annotated[int, typer.Option(help="Samples per .tar shard.", min=1)] = 1000,
     workers: Annotated[int, typer.Option(help="Processes generating samples.", min=1)] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace a corpus already in --out.")] = False,
@@ -380,7 +381,7 @@ def make_shapes_cmd(
     try:
         shards = make_shapes(
             out, n=n, seed=seed, kinds=tuple(kinds) if kinds else ALL_KINDS, split=split, image_size=image_size,
-            samples_per_shard=samples_per_shard, workers=workers, progress=sys.stderr.isatty(), overwrite=overwrite,
+            video_size=video_size, samples_per_shard=samples_per_shard, workers=workers, progress=sys.stderr.isatty(), overwrite=overwrite,
         )  # fmt: skip
     except (PolymodalError, FileExistsError) as exc:
         _fail(exc)

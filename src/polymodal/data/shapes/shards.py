@@ -60,6 +60,7 @@ def make_shapes(
     kinds: tuple[str, ...] | list[str] = ALL_KINDS,
     split: str = "train",
     image_size: int = 64,
+    video_size: int = 64,
     samples_per_shard: int = 1000,
     workers: int = 2,
     progress: bool = True,
@@ -71,7 +72,7 @@ def make_shapes(
     ``overwrite``. ``workers > 1`` uses spawned processes: call it under
     ``if __name__ == "__main__":`` in scripts.
     """
-    plan = _check_plan(n, seed, kinds, split, image_size, samples_per_shard, workers)
+    plan = _check_plan(n, seed, kinds, split, image_size, video_size, samples_per_shard, workers)
     out_dir = Path(out_dir)
     _prepare_folder(out_dir, overwrite)
     started = time.perf_counter()
@@ -117,6 +118,7 @@ def _check_plan(
     kinds: tuple[str, ...] | list[str],
     split: str,
     image_size: int,
+    video_size: int,
     samples_per_shard: int,
     workers: int,
 ) -> dict:
@@ -125,7 +127,7 @@ def _check_plan(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
     check_split(split)
-    config = ShapesConfig(image_size=image_size)
+    config = ShapesConfig(image_size=image_size, video_size=video_size)
     return {"seed": check_seed(seed), "split": split, "kinds": check_kinds(kinds), "config": config.to_dict()}
 
 
