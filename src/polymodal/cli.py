@@ -381,7 +381,8 @@ def make_shapes_cmd(
     try:
         shards = make_shapes(
             out, n=n, seed=seed, kinds=tuple(kinds) if kinds else ALL_KINDS, split=split, image_size=image_size,
-            video_size=video_size, samples_per_shard=samples_per_shard, workers=workers, progress=sys.stderr.isatty(), overwrite=overwrite,
+            video_size=video_size, samples_per_shard=samples_per_shard, workers=workers,
+            progress=sys.stderr.isatty(), overwrite=overwrite,
         )  # fmt: skip
     except (PolymodalError, FileExistsError) as exc:
         _fail(exc)
