@@ -17,6 +17,7 @@ import typer
 
 from polymodal import __version__
 from polymodal.errors import PolymodalError
+from polymodal.eval.cli import eval_app
 
 app = typer.Typer(
     help="Build, train, evaluate and serve native multimodal transformers.",
@@ -354,6 +355,7 @@ def generate(
 data_app = typer.Typer(help="Make and inspect training data.", no_args_is_help=True)
 make_app = typer.Typer(help="Generate a built-in corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
 data_app.add_typer(make_app, name="make")
 
 

@@ -1,0 +1,106 @@
+"""``polymodal eval``: run a suite on a model, list installed tasks, write the built-in suite.
+
+A typer sub-app (``eval_app``) that the main command line registers under ``eval``. It parses
+arguments and calls the library; the library never imports it.
+
+Commands::
+
+    polymodal eval run RUN_DIR --suite shapes [--limit N] [--out DIR]
+    polymodal eval tasks
+    polymodal eval make-suite shapes --out DIR [--items N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from polymodal.errors import PolymodalError
+
+eval_app = typer.Typer(
+    help="Evaluate runs on task suites (circular multiple choice, blind baselines, CIDEr-D, WER).",
+    no_args_is_help=True,
+)
+
+
+def _fail(error: BaseException) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@eval_app.command("run")
+def run_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (run.json, vocab.json, tokenizers/, weights).")],
+    suite: Annotated[str, typer.Option(help="A built-in suite name (shapes) or a suite/task folder.")] = "shapes",
+    limit: Annotated[int | None, typer.Option(help="Ask only the first N items of each task.", min=1)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for the report (default RUN_DIR/eval).")
+    ] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", help="Only this task (repeatable).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.", min=1)] = 16,
+    blind: Annotated[bool, typer.Option(help="Also ask multiple choice without media and with swapped media.")] = True,
+    workers: Annotated[int, typer.Option(help="Processes that write a built-in suite if it is missing.", min=1)] = 2,
+) -> None:
+    """Evaluate a run on a suite and write report.json, report.md and answers.jsonl."""
+    from polymodal.eval.runner import evaluate
+    from polymodal.eval.suites import resolve_suite
+
+    progress = sys.stderr.isatty()
+    started = time.perf_counter()
+    try:
+        folder = resolve_suite(suite, limit=limit, workers=workers, progress=progress)
+        report = evaluate(run_dir, folder, limit=limit, tasks=task, batch_size=batch_size, blind=blind,
+                          progress=progress)  # fmt: skip
+        written = report.write(out or Path(run_dir) / "eval")
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(report.to_markdown())
+    typer.echo(f"report -> {written}  ({time.perf_counter() - started:.0f} s)")
+
+
+@eval_app.command("tasks")
+def tasks_cmd(
+    home: Annotated[
+        Path | None, typer.Option(help="Where suites are installed (default $POLYMODAL_EVAL_HOME).")
+    ] = None,
+) -> None:
+    """List the installed tasks, and the built-in suites that can be written."""
+    from polymodal.eval.suites import list_builtin_suites
+    from polymodal.eval.tasks import eval_home, list_tasks
+
+    try:
+        found = list_tasks(home)
+    except PolymodalError as exc:
+        _fail(exc)
+    typer.echo(f"installed under {home or eval_home()}:")
+    if not found:
+        typer.echo("  none")
+    for info in found:
+        typer.echo(f"  {info.suite}/{info.name:<22} {info.output:<16} {info.metric:<18} {info.items:>5} items")
+    typer.echo(f"built-in suites: {', '.join(list_builtin_suites())} (written on first use by `polymodal eval run`)")
+
+
+@eval_app.command("make-suite")
+def make_suite_cmd(
+    name: Annotated[str, typer.Argument(help="The built-in suite to write: shapes.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the suite into.")],
+    items: Annotated[int | None, typer.Option(help="Items per task (default: enough for ±5 points).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the test-split samples.", min=0)] = 0,
+    workers: Annotated[int, typer.Option(help="Processes generating items.", min=1)] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace a suite already in --out.")] = False,
+) -> None:
+    """Write a built-in suite as task folders (task.json, items.jsonl, media/)."""
+    from polymodal.eval.suites import ITEMS_PER_TASK, list_builtin_suites, write_shapes_suite
+
+    if name not in list_builtin_suites():
+        _fail(PolymodalError(f"unknown built-in suite {name!r}; available: {', '.join(list_builtin_suites())}"))
+    try:
+        folder = write_shapes_suite(out, items_per_task=items or ITEMS_PER_TASK, seed=seed, workers=workers,
+                                    progress=sys.stderr.isatty(), overwrite=overwrite)  # fmt: skip
+    except PolymodalError as exc:
+        _fail(exc)
+    typer.echo(f"{name} suite -> {folder}")

@@ -1,0 +1,193 @@
+"""The evaluation report: scores per task, ability and category, written as JSON and Markdown.
+
+``EvalReport.write(folder)`` writes ``report.json`` (every figure with its 95% interval, the
+settings, versions and the suite's provenance), ``report.md`` (the same as tables, with chance level
+beside every accuracy and the blind baselines beside the scores with media) and ``answers.jsonl``
+(every raw answer, its rotation and the choice read from it), so that a figure can be traced back to
+what the model said. Nothing in the report depends on the clock: the same run on the same suite
+writes the same files.
+
+This module knows nothing about models, prompts or generation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from polymodal.eval.scoring import MultipleChoiceOutcome, Proportion, score_multiple_choice
+from polymodal.files import write_text_atomic
+
+REPORT_JSON, REPORT_MARKDOWN, ANSWERS_JSONL = "report.json", "report.md", "answers.jsonl"
+
+
+def group_scores(outcomes: dict[str, Sequence[MultipleChoiceOutcome]], key: str) -> dict[str, dict]:
+    """Per value of ``key`` (``"ability"`` or ``"category"``): each condition's scores and the gain."""
+    groups: dict[str, dict] = {}
+    for condition, items in outcomes.items():
+        by_group: dict[str, list[MultipleChoiceOutcome]] = {}
+        for outcome in items:
+            by_group.setdefault(getattr(outcome, key), []).append(outcome)
+        for name, members in sorted(by_group.items()):
+            groups.setdefault(name, {})[condition] = score_multiple_choice(members).to_dict()
+    for scores in groups.values():
+        if "no_media" in scores:
+            scores["gain_circular"] = (
+                scores["with_media"]["circular"]["value"] - scores["no_media"]["circular"]["value"]
+            )
+    return groups
+
+
+@dataclass
+class TaskResult:
+    """One task's scores. Multiple choice: ``scores["conditions"][condition]`` holds circular,
+    single-pass and unreadable proportions and chance levels; text: exact match and CIDEr-D or WER."""
+
+    name: str
+    output: str
+    metric: str
+    items: int
+    scores: dict
+    abilities: dict = field(default_factory=dict)
+    categories: dict = field(default_factory=dict)
+    leaking: list[str] = field(default_factory=list)  # answered right (every rotation) without their media
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "output": self.output, "metric": self.metric, "items": self.items,
+                "scores": self.scores, "abilities": self.abilities, "categories": self.categories,
+                "leaking": self.leaking}  # fmt: skip
+
+
+@dataclass
+class EvalReport:
+    """A suite's evaluation: settings, versions, per-task results, skipped tasks and raw answers."""
+
+    suite: dict
+    model: str
+    settings: dict
+    versions: dict
+    tasks: list[TaskResult]
+    skipped: dict[str, str]
+    answers: list[dict]
+
+    def task(self, name: str) -> TaskResult:
+        return next(t for t in self.tasks if t.name == name)
+
+    def to_dict(self) -> dict:
+        """The JSON report (the raw answers are written separately, to ``answers.jsonl``)."""
+        return {"suite": self.suite, "model": self.model, "settings": self.settings, "versions": self.versions,
+                "tasks": [t.to_dict() for t in self.tasks], "skipped": self.skipped}  # fmt: skip
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        """Write report.json, report.md and answers.jsonl into ``folder``; returns the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / REPORT_JSON, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(folder / REPORT_MARKDOWN, self.to_markdown())
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.answers)
+        write_text_atomic(folder / ANSWERS_JSONL, lines)
+        return folder
+
+    def to_markdown(self) -> str:
+        lines = [f"# Evaluation on {self.suite.get('name', 'a suite')}", ""]
+        if self.model:
+            lines += [f"Model: `{self.model}`", ""]
+        settings = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        versions = ", ".join(f"{k} {v}" for k, v in self.versions.items())
+        lines += [f"Settings: {settings}. Versions: {versions}.", ""]
+        choice = [t for t in self.tasks if t.output == "multiple_choice"]
+        if choice:
+            lines += _choice_section(choice)
+        text = [t for t in self.tasks if t.output == "text"]
+        if text:
+            lines += ["## Text outputs", "", "| task | items | exact match | CIDEr-D |", "|---|---:|---|---|"]
+            for t in text:
+                cider = t.scores["cider_d"]
+                lines.append(f"| {t.name} | {t.items} | {_pct(t.scores['exact_match'])} | "
+                             f"{cider['value']:.3f} [{cider['low']:.3f}, {cider['high']:.3f}] |")  # fmt: skip
+            lines.append("")
+        speech = [t for t in self.tasks if t.output == "transcription"]
+        if speech:
+            lines += ["## Transcription", "", "| task | items | WER | exact match |", "|---|---:|---|---|"]
+            for t in speech:
+                wer = t.scores["wer"]
+                lines.append(f"| {t.name} | {t.items} | {wer['value']:.1%} [{wer['low']:.1%}, {wer['high']:.1%}] | "
+                             f"{_pct(t.scores['exact_match'])} |")  # fmt: skip
+            lines.append("")
+        if self.skipped:
+            lines += ["## Skipped", ""] + [f"- {name}: {why}" for name, why in self.skipped.items()] + [""]
+        lines += [
+            "Intervals are 95% (Wilson for accuracies, bootstrap over items for CIDEr-D and WER). Texts are "
+            "compared after lower-casing, removing punctuation and collapsing spaces.",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def _pct(p: dict) -> str:
+    return f"{p['value']:.1%} [{p['low']:.1%}, {p['high']:.1%}]"
+
+
+def _choice_rows(name: str, n: int, scores: dict) -> str:
+    """One table row: accuracy with media (circular, single pass), chance, blind conditions, gain."""
+    with_media = scores["with_media"]
+    blind = scores.get("no_media")
+    swapped = scores.get("swapped_media")
+    cells = [
+        name, str(n), _pct(with_media["circular"]), _pct(with_media["single_pass"]),
+        f"{with_media['chance_circular']:.1%} / {with_media['chance_single']:.0%}",
+        _pct(blind["circular"]) if blind else "–", _pct(swapped["circular"]) if swapped else "–",
+        f"{with_media['circular']['value'] - blind['circular']['value']:+.1%}" if blind else "–",
+        f"{with_media['unreadable']['value']:.1%}",
+    ]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def _choice_section(tasks: list[TaskResult]) -> list[str]:
+    header = ("| {} | items | circular | single pass | chance (circular / single) | no media (circular) | "
+              "swapped media (circular) | gain | unreadable |")  # fmt: skip
+    rule = "|---|---:|---|---|---|---|---|---|---|"
+    lines = ["## Multiple choice", "", "Circular: right under every rotation of the options. Gain: with media "
+             "minus no media (circular).", "", header.format("task"), rule]  # fmt: skip
+    lines += [_choice_rows(t.name, t.items, t.scores["conditions"]) for t in tasks]
+    for key, title in (("abilities", "ability"), ("categories", "category")):
+        merged: dict[str, list] = {}
+        for t in tasks:
+            for name, scores in getattr(t, key).items():
+                merged.setdefault(name, []).append(scores)
+        lines += ["", f"### Per {title}", "", header.format(title), rule]
+        for name, entries in sorted(merged.items()):
+            if len(entries) == 1:  # the usual case: one task per ability
+                scores = entries[0]
+                lines.append(_choice_rows(name, scores["with_media"]["circular"]["total"], scores))
+            else:
+                lines.append(_merged_row(name, entries))
+    leaking = [(t.name, t.leaking) for t in tasks if t.leaking]
+    lines += ["", "### Answered right without their media", ""]
+    if not leaking:
+        lines.append("None.")
+    for name, ids in leaking:
+        shown = ", ".join(ids[:20]) + (f" … ({len(ids)} in all)" if len(ids) > 20 else "")
+        lines.append(f"- {name} ({len(ids)}): {shown}")
+    return [*lines, ""]
+
+
+def _merged_row(name: str, entries: list[dict]) -> str:
+    """An ability spread over several tasks: counts added, intervals recomputed."""
+    combined = {}
+    for condition in ("with_media", "no_media", "swapped_media"):
+        parts = [e[condition] for e in entries if condition in e]
+        if not parts:
+            continue
+        total = sum(p["circular"]["total"] for p in parts)
+        merged = {
+            kind: Proportion(sum(p[kind]["correct"] for p in parts), sum(p[kind]["total"] for p in parts)).to_dict()
+            for kind in ("circular", "single_pass", "unreadable")
+        }
+        for chance in ("chance_single", "chance_circular"):
+            merged[chance] = sum(p[chance] * p["circular"]["total"] for p in parts) / total
+        combined[condition] = merged
+    return _choice_rows(name, combined["with_media"]["circular"]["total"], combined)

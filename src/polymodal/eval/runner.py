@@ -1,0 +1,258 @@
+"""The local runner: ask a suite's questions to a model, score the answers, return the report.
+
+Answers come from a :class:`Responder`: anything that turns a list of prompt documents into a list
+of answer strings under given generation settings. :class:`LocalResponder` drives
+:func:`~polymodal.generation.generate` over a loaded :class:`~polymodal.run.Run` in batches, greedy
+(temperature 0); a responder for an OpenAI-compatible endpoint only has to implement the same call
+and hand itself to :func:`evaluate_responder`.
+
+For every task the runner builds all prompts (:mod:`~polymodal.eval.prompts`: every rotation, and for
+multiple choice the blind conditions), asks them in batches, extracts choices and scores
+(:mod:`~polymodal.eval.scoring`), and collects the raw answers so that they are saved beside the
+report. Tasks whose output has no scorer here (``image``, ``speech``) and tasks the run declares no
+direction for are skipped, with the reason in the report.
+
+This module knows nothing about the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import polymodal
+from polymodal.content import Document, Part
+from polymodal.eval.prompts import CONDITIONS, Prompt, task_prompts
+from polymodal.eval.report import EvalReport, TaskResult, group_scores
+from polymodal.eval.scoring import (
+    MultipleChoiceOutcome,
+    Proportion,
+    bootstrap_interval,
+    cider_d,
+    exact_match,
+    extract_choice,
+    score_multiple_choice,
+    word_errors,
+)
+from polymodal.eval.tasks import MediaRef, Suite, Task, load_suite
+from polymodal.generation import DirectionNotSupportedError, SamplingConfig, generate
+from polymodal.run import Run
+from polymodal.tokenizers.document import part_modality
+
+SCORED_OUTPUTS = ("multiple_choice", "text", "transcription")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What a responder is asked to do for one task: greedy text of at most ``max_new_tokens`` tokens."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+
+
+class Responder(Protocol):
+    """Answers prompts: one string per document, in order. Raise
+    :class:`~polymodal.generation.DirectionNotSupportedError` for inputs the model cannot read."""
+
+    def __call__(self, prompts: Sequence[Document], settings: GenerationSettings) -> list[str]: ...
+
+
+class LocalResponder:
+    """A :class:`Responder` over a loaded run: :func:`~polymodal.generation.generate` in batches.
+
+    With ``check_direction`` a prompt is refused unless the run declares a direction from its media
+    to text, with or without text beside them: the harness's instruction text does not make a
+    ``image+audio->text`` run unfit for a spoken question about a picture.
+    """
+
+    def __init__(self, run: Run, *, batch_size: int = 16, check_direction: bool = True) -> None:
+        self.run, self.batch_size, self.check_direction = run, batch_size, check_direction
+
+    def check(self, prompt: Document) -> None:
+        media = {part_modality(p) for p in prompt.parts} - {"text"}
+        if not (self.run.supports(media | {"text"}, "text") or self.run.supports(media or {"text"}, "text")):
+            raise DirectionNotSupportedError(
+                f"this run was not trained to answer {'+'.join(sorted(media)) or 'text'} in text "
+                f"(it declares: {', '.join(self.run.directions) or 'nothing'})"
+            )
+
+    def __call__(self, prompts: Sequence[Document], settings: GenerationSettings) -> list[str]:
+        if self.check_direction:
+            for prompt in prompts:
+                self.check(prompt)
+        sampling = SamplingConfig(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens)
+        answers = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            answers += [g.part.text for g in generate(self.run, batch, sampling=sampling, check_direction=False)]
+        return answers
+
+
+class _MediaCache:
+    """Opened media parts, most recent first: an item's rotations and conditions reuse them."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size, self.parts = size, OrderedDict()
+
+    def __call__(self, ref: MediaRef) -> Part:
+        if ref in self.parts:
+            self.parts.move_to_end(ref)
+            return self.parts[ref]
+        part = self.parts[ref] = ref.open()
+        if len(self.parts) > self.size:
+            self.parts.popitem(last=False)
+        return part
+
+
+def ask(
+    responder: Responder, task: Task, prompts: list[Prompt], *, chunk: int = 64, progress: bool = False
+) -> list[str]:
+    """The responder's answers to ``prompts``, asked ``chunk`` at a time (media opened per chunk)."""
+    settings = GenerationSettings(max_new_tokens=task.spec.max_new_tokens)
+    cache = _MediaCache()
+    answers: list[str] = []
+    with tqdm(total=len(prompts), desc=task.name, unit="prompt", disable=not progress) as bar:
+        for start in range(0, len(prompts), chunk):
+            documents = [p.document(cache) for p in prompts[start : start + chunk]]
+            answers += responder(documents, settings)
+            bar.update(len(documents))
+    if len(answers) != len(prompts):
+        raise RuntimeError(f"the responder gave {len(answers)} answers to {len(prompts)} prompts")
+    return answers
+
+
+def _answer_rows(prompts: list[Prompt], answers: list[str]) -> list[dict]:
+    rows = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        row = {"task": prompt.task, "id": prompt.item_id, "condition": prompt.condition, "answer": answer}
+        if prompt.rotation is not None:
+            choice = extract_choice(answer, prompt.rotation.options)
+            row.update(shift=prompt.rotation.shift, options=list(prompt.rotation.options),
+                       expected=prompt.rotation.answer_index, choice=choice)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def score_multiple_choice_task(task: Task, rows: list[dict]) -> TaskResult:
+    """Circular and single-pass accuracy per condition, overall and per ability and category, the
+    multimodal gain and the items answered right without their media."""
+    items = {item.id: item for item in task.items}
+    outcomes: dict[str, list[MultipleChoiceOutcome]] = {c: [] for c in CONDITIONS}
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        by_key.setdefault((row["condition"], row["id"]), []).append(row)
+    for (condition, item_id), passes in by_key.items():
+        item = items[item_id]
+        outcomes[condition].append(MultipleChoiceOutcome(
+            item_id, item.ability, item.category, len(item.options),
+            tuple(r["expected"] for r in passes), tuple(r["choice"] for r in passes),
+        ))  # fmt: skip
+    conditions = {c: score_multiple_choice(o).to_dict() for c, o in outcomes.items() if o}
+    scores = {"conditions": conditions}
+    if "no_media" in conditions:
+        for kind in ("circular", "single_pass"):
+            with_media, blind = conditions["with_media"][kind]["value"], conditions["no_media"][kind]["value"]
+            scores[f"gain_{kind}"] = with_media - blind
+    leaking = sorted(o.item_id for o in outcomes["no_media"] if o.circular_correct)
+    return TaskResult(
+        name=task.name, output=task.spec.output, metric=task.spec.metric, items=len(task.items), scores=scores,
+        abilities=group_scores(outcomes, "ability"), categories=group_scores(outcomes, "category"), leaking=leaking,
+    )  # fmt: skip
+
+
+def score_text_task(task: Task, rows: list[dict]) -> TaskResult:
+    """Exact match and CIDEr-D (text), or WER (transcription), with 95% intervals."""
+    answers = {row["id"]: row["answer"] for row in rows}
+    candidates = [answers[item.id] for item in task.items]
+    references = [item.answers for item in task.items]
+    matches = [exact_match(c, r) for c, r in zip(candidates, references, strict=True)]
+    scores: dict = {"exact_match": Proportion(sum(matches), len(matches)).to_dict()}
+    if task.spec.output == "text":
+        per_item = cider_d(candidates, references)
+        low, high = bootstrap_interval(per_item)
+        scores["cider_d"] = {"value": float(np.mean(per_item)), "low": low, "high": high, "total": len(per_item)}
+    else:
+        pairs = np.array([word_errors(r[0], c) for c, r in zip(candidates, references, strict=True)], dtype=float)
+        words = pairs[:, 1].sum()
+        low, high = bootstrap_interval(pairs, lambda rows: rows[:, 0].sum() / max(1.0, rows[:, 1].sum()))
+        value = pairs[:, 0].sum() / words if words else 0.0
+        scores["wer"] = {"value": float(value), "low": low, "high": high, "total": len(candidates),
+                         "reference_words": int(words)}  # fmt: skip
+    return TaskResult(name=task.name, output=task.spec.output, metric=task.spec.metric, items=len(task.items),
+                      scores=scores)  # fmt: skip
+
+
+def evaluate_responder(
+    responder: Responder,
+    suite: Suite | str | os.PathLike,
+    *,
+    limit: int | None = None,
+    tasks: list[str] | None = None,
+    blind: bool = True,
+    model_name: str = "",
+    progress: bool = False,
+    settings: dict | None = None,
+) -> EvalReport:
+    """Ask every task of ``suite`` (its first ``limit`` items each) to ``responder`` and score it.
+
+    ``blind=False`` skips the no-media and swapped-media conditions of multiple-choice tasks.
+    """
+    suite = suite if isinstance(suite, Suite) else load_suite(suite, tasks=tasks)
+    results, skipped, answers = [], {}, []
+    for task in suite.tasks:
+        if tasks is not None and task.name not in tasks:
+            continue
+        task = task.limited(limit)
+        if task.spec.output not in SCORED_OUTPUTS:
+            skipped[task.name] = f"{task.spec.output} outputs are not scored by this runner yet"
+            continue
+        prompts = task_prompts(task, blind=blind)
+        try:
+            said = ask(responder, task, prompts, progress=progress)
+        except DirectionNotSupportedError as exc:
+            skipped[task.name] = str(exc)
+            continue
+        rows = _answer_rows(prompts, said)
+        answers += rows
+        score = score_multiple_choice_task if task.spec.output == "multiple_choice" else score_text_task
+        results.append(score(task, rows))
+    info = {"name": suite.name, "path": str(suite.path), **{k: v for k, v in suite.info.items() if k != "name"}}
+    settings = {"temperature": 0.0, "limit": limit, "blind": blind, **(settings or {})}
+    versions = {"polymodal": polymodal.__version__, "jiwer": _version("jiwer")}
+    return EvalReport(suite=info, model=model_name, settings=settings, versions=versions, tasks=results,
+                      skipped=skipped, answers=answers)  # fmt: skip
+
+
+def evaluate(
+    run: Run | str | os.PathLike,
+    suite: Suite | str | os.PathLike,
+    *,
+    limit: int | None = None,
+    tasks: list[str] | None = None,
+    batch_size: int = 16,
+    blind: bool = True,
+    check_direction: bool = True,
+    progress: bool = False,
+) -> EvalReport:
+    """Evaluate a run (loaded, or its folder) on a suite folder with :class:`LocalResponder`."""
+    name = str(run) if not isinstance(run, Run) else ""
+    loaded = run if isinstance(run, Run) else Run.load(Path(run))
+    responder = LocalResponder(loaded, batch_size=batch_size, check_direction=check_direction)
+    return evaluate_responder(responder, suite, limit=limit, tasks=tasks, blind=blind, model_name=name,
+                              progress=progress, settings={"batch_size": batch_size})  # fmt: skip
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"

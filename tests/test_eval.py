@@ -1,0 +1,341 @@
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+import toys
+from polymodal.content import Audio, Document, Image, Text
+from polymodal.errors import ConfigError
+from polymodal.eval import scoring
+from polymodal.eval.cli import eval_app
+from polymodal.eval.runner import GenerationSettings, evaluate, evaluate_responder
+from polymodal.eval.scoring import (
+    MultipleChoiceOutcome,
+    cider_d,
+    corpus_wer,
+    extract_choice,
+    items_for_margin,
+    rotations,
+    score_multiple_choice,
+    wilson_interval,
+    word_errors,
+)
+from polymodal.eval.suites import SHAPES_TASKS, write_shapes_suite
+from polymodal.eval.tasks import list_tasks, load_suite, load_task
+from polymodal.model import Transformer, preset
+from polymodal.run import Run
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.text import TextTokenizer
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
+
+
+# -- intervals -------------------------------------------------------------------------------------------
+
+
+def test_wilson_interval_matches_a_hand_computation():
+    # 8/10: centre (0.8 + z²/20) / (1 + z²/10), half-width z/(1 + z²/10) · sqrt(0.8·0.2/10 + z²/400)
+    z2 = 1.959963984540054**2
+    centre = (0.8 + z2 / 20) / (1 + z2 / 10)
+    half = math.sqrt(z2) / (1 + z2 / 10) * math.sqrt(0.016 + z2 / 400)
+    assert wilson_interval(8, 10) == pytest.approx((centre - half, centre + half))
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # the textbook figure
+    assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))  # upper bound z²/(n + z²)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_item_count_gives_five_points_at_worst():
+    n = items_for_margin(0.05)
+    assert n == 381
+    low, high = wilson_interval(n // 2, n)  # near 50%, where the interval is widest
+    assert (high - low) / 2 <= 0.05
+    low, high = wilson_interval(190, 380)
+    assert (high - low) / 2 > 0.05
+
+
+# -- multiple choice ---------------------------------------------------------------------------------------
+
+
+def test_rotations_move_the_answer_and_letters_in_options_stop_them():
+    passes = rotations(["red", "blue", "green", "yellow"], 2)
+    assert [p.options for p in passes] == [
+        ("red", "blue", "green", "yellow"),
+        ("blue", "green", "yellow", "red"),
+        ("green", "yellow", "red", "blue"),
+        ("yellow", "red", "blue", "green"),
+    ]
+    assert [p.answer_index for p in passes] == [2, 1, 0, 3]
+    assert all(p.options[p.answer_index] == "green" for p in passes)
+    assert len(rotations(["A and B", "neither", "only C"], 0)) == 1
+
+
+def test_circular_scoring_needs_every_rotation_right():
+    right_everywhere = MultipleChoiceOutcome("a", "x", "c", 4, (2, 1, 0, 3), (2, 1, 0, 3))
+    one_rotation_wrong = MultipleChoiceOutcome("b", "x", "c", 4, (0, 3, 2, 1), (0, 3, 2, 2))
+    one_unreadable = MultipleChoiceOutcome("c", "x", "c", 4, (1, 0, 3, 2), (1, None, 3, 2))
+    score = score_multiple_choice([right_everywhere, one_rotation_wrong, one_unreadable])
+    assert (score.circular.correct, score.circular.total) == (1, 3)
+    assert (score.single_pass.correct, score.single_pass.total) == (3, 3)
+    assert (score.unreadable.correct, score.unreadable.total) == (1, 12)
+    assert score.chance_single == pytest.approx(0.25) and score.chance_circular == pytest.approx(0.25**4)
+
+
+CHOICES = [
+    ("B", 1), ("(c)", 2), ("B. blue", 1), ("D) yellow", 3), ("I pick C", 2), ("The answer is D, yellow", 3),
+    ("answer: A", 0), ("It is blue.", 1), ("the answer is a red one", 0), ("Green", 2), ("a", 0),
+    # unreadable: two options named, none named, nothing, a letter that is no option, a ramble
+    ("red or blue", None), ("purple", None), ("", None), ("E", None), ("Answer is b", None),
+    ("it could be many things but mostly I would say that the colour looks a bit like red to me today", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("answer", "expected"), CHOICES)
+def test_choice_extraction(answer, expected):
+    assert extract_choice(answer, ["red", "blue", "green", "yellow"]) == expected
+
+
+def test_choice_extraction_prefers_the_whole_option_text():
+    options = ["a red circle", "a blue circle", "a green star", "a red star"]
+    assert extract_choice("A red star.", options) == 3  # not letter A: the article starts a phrase
+    assert extract_choice("it was a blue circle", options) == 1
+    assert extract_choice("circle", options) is None
+    assert extract_choice("red", options) is None
+
+
+# -- text metrics --------------------------------------------------------------------------------------------
+
+
+def test_cider_d_on_hand_computed_cases():
+    refs = [["a red circle"], ["a blue square"]]
+    # Identical: 1-, 2- and 3-gram cosines are 1 ("a" has idf 0), there is no 4-gram: 10 · 3/4.
+    assert cider_d(["a red circle", "A blue square!"], refs) == pytest.approx([7.5, 7.5])
+    assert cider_d(["a blue square", "a red circle"], refs) == pytest.approx([0.0, 0.0])
+    # One word short: unigram cosine 1, bigram cosine 1/sqrt(2) ("a red" missing), length penalty e^(-1/72).
+    expected = 10 * math.exp(-1 / 72) * (1 + 1 / math.sqrt(2)) / 4
+    assert cider_d(["red circle", "a blue square"], refs)[0] == pytest.approx(expected)
+    # Repeating a word never helps (CIDEr-D clips the candidate's counts).
+    assert cider_d(["red red red circle", "a blue square"], refs)[0] < cider_d(["red circle", "x"], refs)[0]
+
+
+def test_word_error_rate_on_known_cases():
+    assert word_errors("the red circle", "the blue circle") == (1, 3)
+    assert word_errors("the red circle", "") == (3, 3)
+    assert word_errors("The Red, circle!", "the red circle") == (0, 3)
+    assert word_errors("a b", "a b c d") == (2, 2)
+    assert corpus_wer([(1, 3), (3, 3), (0, 4)]) == pytest.approx(0.4)
+    assert scoring.exact_match("A red circle.", ["a  red circle"]) and not scoring.exact_match("red", ["a red"])
+
+
+# -- task files ------------------------------------------------------------------------------------------------
+
+
+def _write_task(folder, spec: dict, items: list[dict], images: dict[str, tuple] | None = None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task.json").write_text(json.dumps(spec))
+    (folder / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    for name, rgb in (images or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        PILImage.new("RGB", (8, 8), rgb).save(folder / name)
+    return folder
+
+
+def _colour_items(leaky: bool) -> tuple[list[dict], dict]:
+    items, images = [], {}
+    for colour in COLOURS:
+        question = (f"The circle is {colour}. " if leaky else "") + "What colour is the circle?"
+        images[f"img/{colour}.png"] = COLOURS[colour]
+        items.append({"id": colour, "input": [{"image": f"img/{colour}.png"}, question], "options": list(COLOURS),
+                      "answer": colour, "ability": "perception/colour"})  # fmt: skip
+    return items, images
+
+
+MC_SPEC = {"name": "colours", "output": "multiple_choice"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "item", "message"),
+    [
+        ({**MC_SPEC, "output": "essay"}, None, "task.json: output: 'essay' is not one of"),
+        ({**MC_SPEC, "temperature": 1}, None, "task.json: unknown key 'temperature'"),
+        ({**MC_SPEC, "prompt": "{question}"}, None, "must show the {options}"),
+        ({**MC_SPEC, "metric": "wer"}, None, "metric: 'wer' does not score multiple_choice"),
+        (MC_SPEC, {"colour": "red"}, "items.jsonl:2: unknown key 'colour'"),
+        (
+            MC_SPEC,
+            {"input": [{"image": "img/missing.png"}]},
+            r"items.jsonl:2: input\[0\].image: .*missing.png: no such",
+        ),
+        (
+            MC_SPEC,
+            {"input": [{"picture": "img/red.png"}]},
+            r"items.jsonl:2: input\[0\]: expected a string or an object",
+        ),
+        (MC_SPEC, {"answer": "purple"}, "items.jsonl:2: answer: must be exactly one of the options"),
+        (MC_SPEC, {"id": "red"}, "items.jsonl:2: id: 'red' is used by an earlier item"),
+        ({"name": "t", "output": "text"}, {}, "items.jsonl:1: options: only multiple_choice"),
+    ],
+)
+def test_strict_task_loading_names_file_line_and_key(tmp_path, spec, item, message):
+    items, images = _colour_items(leaky=False)
+    if item is not None:
+        items[1] = {**items[1], **item}
+    folder = _write_task(tmp_path / "task", spec, items, images)
+    with pytest.raises(ConfigError, match=message):
+        load_task(folder)
+
+
+# -- the runner with hand-written responders --------------------------------------------------------------------
+
+
+def _said(document: Document) -> tuple[str, list[Image]]:
+    texts = " ".join(p.text for p in document.parts if isinstance(p, Text))
+    return texts, [p for p in document.parts if isinstance(p, Image)]
+
+
+def _colour_of(image: Image) -> str:
+    rgb = np.asarray(image.pixels, dtype=float).reshape(-1, 3).mean(axis=0)
+    return min(COLOURS, key=lambda c: float(((np.array(COLOURS[c]) - rgb) ** 2).sum()))
+
+
+def looker(prompts, settings: GenerationSettings) -> list[str]:
+    """Answers from the text when the text names an option before the options list, else from the picture."""
+    answers = []
+    for document in prompts:
+        text, images = _said(document)
+        question = text.split("Options:")[0]
+        named = [c for c in COLOURS if c in question]
+        answers.append(named[0] if named else _colour_of(images[0]) if images else "I cannot tell")
+    return answers
+
+
+def test_blind_baseline_flags_a_leaky_task(tmp_path):
+    for name, leaky in (("leaky", True), ("honest", False)):
+        items, images = _colour_items(leaky)
+        _write_task(tmp_path / "suite" / name, {**MC_SPEC, "name": name}, items, images)
+    report = evaluate_responder(looker, tmp_path / "suite")
+    leaky, honest = report.task("leaky"), report.task("honest")
+    for task in (leaky, honest):
+        assert task.scores["conditions"]["with_media"]["circular"]["value"] == 1.0
+    assert leaky.scores["conditions"]["no_media"]["circular"]["value"] == 1.0
+    assert leaky.scores["gain_circular"] == 0.0 and leaky.leaking == sorted(COLOURS)
+    assert honest.scores["conditions"]["no_media"]["circular"]["value"] == 0.0
+    assert honest.scores["conditions"]["no_media"]["unreadable"]["value"] == 1.0
+    assert honest.scores["conditions"]["swapped_media"]["circular"]["value"] == 0.0
+    assert honest.scores["gain_circular"] == 1.0 and honest.leaking == []
+    markdown = report.to_markdown()
+    assert "| leaky | 4 |" in markdown and "- leaky (4): blue, green, red, yellow" in markdown
+    assert "0.4% / 25%" in markdown  # chance beside the accuracy: (1/4)^4 circular, 1/4 single pass
+
+
+def test_one_wrong_rotation_fails_the_item_in_the_runner(tmp_path):
+    items, images = _colour_items(leaky=False)
+    _write_task(tmp_path / "task", MC_SPEC, items, images)
+
+    def biased(prompts, settings):  # answers with the right letter, except that it says C instead of D
+        letters = []
+        for document, colour in zip(prompts, looker(prompts, settings), strict=True):
+            shown = dict(re.findall(r"^([A-D])\. (\w+)$", _said(document)[0], re.M))
+            letter = next(letter for letter, option in shown.items() if option == colour)
+            letters.append("C" if letter == "D" else letter)
+        return letters
+
+    result = evaluate_responder(biased, tmp_path / "task", blind=False).task("colours")
+    with_media = result.scores["conditions"]["with_media"]
+    assert with_media["circular"]["correct"] == 0  # each colour sits at D in one rotation
+    assert with_media["single_pass"]["correct"] == 3  # only yellow is shown at D unrotated
+
+
+# -- a tiny model end to end -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run() -> Run:
+    text = TextTokenizer.train(["what colour is the circle? red green blue yellow. a b c d"] * 30, vocab_size=300)
+    codec = DocumentTokenizer.from_tokenizers([text, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()])
+    torch.manual_seed(0)
+    directions = ("image+text->text", "audio+text->text")
+    return Run(Transformer(preset("debug", codec.vocab.size)).eval(), codec, directions)
+
+
+def _tiny_suite(root):
+    items, images = _colour_items(leaky=False)
+    _write_task(root / "colours", {**MC_SPEC, "max_new_tokens": 4}, items[:3], images)
+    captions = [{"id": c, "input": [{"image": f"img/{c}.png"}], "answers": [f"a {c} square", f"{c}"]} for c in COLOURS]
+    _write_task(root / "caption", {"name": "caption", "output": "text", "prompt": "", "chat": False,
+                                   "max_new_tokens": 4}, captions[:2], images)  # fmt: skip
+    (root / "speech" / "wav").mkdir(parents=True)
+    for k in range(2):
+        (root / "speech" / "wav" / f"{k}.wav").write_bytes(Audio(np.full(4000, 0.1 * (k + 1), np.float32), 16000)
+                                                           .to_wav_bytes())  # fmt: skip
+    speech = [{"id": str(k), "input": [{"audio": f"wav/{k}.wav"}], "answer": "red circle"} for k in range(2)]
+    _write_task(root / "speech", {"name": "speech", "output": "transcription", "prompt": "", "chat": False,
+                                  "max_new_tokens": 4}, speech)  # fmt: skip
+    _write_task(root / "draw", {"name": "draw", "output": "image"}, [{"id": "0", "input": ["draw"]}])
+
+
+def test_two_runs_of_a_tiny_model_give_identical_reports(tmp_path, tiny_run):
+    _tiny_suite(tmp_path / "suite")
+    first = evaluate(tiny_run, tmp_path / "suite", batch_size=5)
+    second = evaluate(tiny_run, tmp_path / "suite", batch_size=3)
+    assert first.answers == second.answers
+    assert first.tasks and [t.to_dict() for t in first.tasks] == [t.to_dict() for t in second.tasks]
+    assert [t.name for t in first.tasks] == ["caption", "colours", "speech"] and "draw" in first.skipped
+    text_only = Run(tiny_run.model, tiny_run.tokenizer, ("text->text",))
+    refused = evaluate(text_only, tmp_path / "suite", tasks=["colours"])
+    assert not refused.tasks and "not trained to answer image in text" in refused.skipped["colours"]
+    assert len([a for a in first.answers if a["task"] == "colours"]) == 3 * 4 * 3  # items x rotations x conditions
+    colours = first.task("colours").scores["conditions"]["with_media"]
+    assert 0 <= colours["circular"]["low"] <= colours["circular"]["value"] <= colours["circular"]["high"] <= 1
+    assert set(first.task("speech").scores) == {"exact_match", "wer"}
+    a, b = first.write(tmp_path / "a"), second.write(tmp_path / "b")
+    assert (a / "answers.jsonl").read_text() == (b / "answers.jsonl").read_text()
+    reports = [json.loads((p / "report.json").read_text()) for p in (a, b)]
+    assert reports[0]["tasks"] == reports[1]["tasks"]
+    assert "## Multiple choice" in (a / "report.md").read_text()
+
+
+def test_cli_runs_a_saved_run_and_lists_tasks(tmp_path, tiny_run, monkeypatch):
+    _tiny_suite(tmp_path / "home" / "mine")
+    tiny_run.save(tmp_path / "run")
+    monkeypatch.setenv("POLYMODAL_EVAL_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    listed = runner.invoke(eval_app, ["tasks"])
+    assert listed.exit_code == 0 and "mine/colours" in listed.output and "mine/draw" in listed.output
+    result = runner.invoke(eval_app, ["run", str(tmp_path / "run"), "--suite", "mine", "--task", "colours",
+                                      "--limit", "2", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 2 and "not a built-in suite" in result.output
+    result = runner.invoke(eval_app, ["run", str(tmp_path / "run"), "--suite", str(tmp_path / "home" / "mine"),
+                                      "--task", "colours", "--limit", "2", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["tasks"][0]["items"] == 2
+    bad = runner.invoke(eval_app, ["make-suite", "nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "unknown built-in suite" in bad.output
+
+
+# -- the shapes suite ----------------------------------------------------------------------------------------------
+
+
+def test_shapes_suite_is_deterministic_held_out_and_loads_strictly(tmp_path):
+    write_shapes_suite(tmp_path / "two", items_per_task=2, workers=1, progress=False)
+    write_shapes_suite(tmp_path / "one", items_per_task=1, workers=1, progress=False)
+    suite = load_suite(tmp_path / "two")
+    assert [t.name for t in suite.tasks] == sorted(SHAPES_TASKS) and suite.info["split"] == "test"
+    for task in suite.tasks:
+        first_two = (tmp_path / "two" / task.name / "items.jsonl").read_text().splitlines()
+        first_one = (tmp_path / "one" / task.name / "items.jsonl").read_text().splitlines()
+        assert len(first_two) == 2 and first_one == first_two[:1]  # a prefix of the bigger suite
+        assert all("-test-" in item.id for item in task.items)
+        media = [m.path.relative_to(tmp_path / "two") for item in task.items for m in item.media]
+        assert all((tmp_path / "one" / m).read_bytes() == (tmp_path / "two" / m).read_bytes() for m in media[:1])
+    abilities = {
+        t.name: {i.meta["question_ability"] for i in t.items} for t in suite.tasks if t.name[:10] == "perception"
+    }
+    assert abilities == {f"perception-{w}": {f"perception/{w}"} for w in ("colour", "count", "position", "shape")}
+    caption = next(t for t in suite.tasks if t.name == "caption")
+    assert all(len(set(i.answers)) == 5 for i in caption.items)
+    assert {i.suite for i in list_tasks(tmp_path)} == {"one", "two"}
