@@ -408,8 +408,10 @@ def pretokenize_cmd(
     ] = None,
     chat: Annotated[bool, typer.Option(help="For caption/transcript folders: write user/assistant chats.")] = False,
     fps: Annotated[
-        float | None, typer.Option(help="Video frames sampled per second (default: 1, or as a corpus wrote them).",
-                                   min=0.01)  # fmt: skip
+        float | None,
+        typer.Option(
+            help="Video frames sampled per second (default: 1, or as a corpus wrote them).", min=0.01
+        ),  # fmt: skip
     ] = None,
 ) -> None:
     """Encode documents once into memory-mapped arrays that training reads (media never re-encoded)."""
