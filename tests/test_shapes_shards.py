@@ -150,3 +150,16 @@ def test_streams_are_deterministic_and_endless():
     assert clips == list(iter_sound_clips(3, count=30))
     assert any(c.source == "shapes:speech" for c in clips) and any(c.source.startswith("shapes:sound") for c in clips)
     assert all(c.source.startswith("shapes:sound") for c in iter_sound_clips(3, count=20, include_speech=False))
+
+
+def test_max_objects_makes_an_easier_corpus_and_is_checked():
+    from polymodal.data.shapes.samples import ShapesConfig, make_sample
+
+    easy = ShapesConfig(max_objects=2)
+    counts = {len(make_sample(kind, i, config=easy).meta["truth"]["scene"]["objects"])
+              for kind in ("image_qa", "image_caption", "spoken_image_qa") for i in range(40)}  # fmt: skip
+    assert counts == {1, 2}
+    whole = {len(make_sample("image_qa", i).meta["truth"]["scene"]["objects"]) for i in range(60)}
+    assert max(whole) > 2
+    with pytest.raises(ConfigError, match="max_objects must be an int in \\[1, 4\\]"):
+        ShapesConfig(max_objects=5)

@@ -56,15 +56,23 @@ class ShapesConfig:
     image_size: int = 64
     video_size: int = 64
     video_fps: int = 10
+    max_objects: int = 4  # objects in a picture: 1 to this (4 is the whole world; fewer is an easier corpus)
 
     def __post_init__(self) -> None:
         check_size(self.image_size)
         check_size(self.video_size)
         if isinstance(self.video_fps, bool) or not isinstance(self.video_fps, int) or not 1 <= self.video_fps <= 30:
             raise ConfigError(f"video_fps must be an int in [1, 30], got {self.video_fps!r}")
+        if (
+            isinstance(self.max_objects, bool)
+            or not isinstance(self.max_objects, int)
+            or not 1 <= self.max_objects <= 4
+        ):
+            raise ConfigError(f"max_objects must be an int in [1, 4], got {self.max_objects!r}")
 
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "video_size": self.video_size, "video_fps": self.video_fps}
+        return {"image_size": self.image_size, "video_size": self.video_size, "video_fps": self.video_fps,
+                "max_objects": self.max_objects}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ def _spoken(rng: np.random.Generator, text: str) -> tuple[Audio, dict]:
 
 
 def _scene_and_caption(rng: np.random.Generator, config: ShapesConfig) -> tuple[Scene, Image, str]:
-    scene = random_scene(rng)
+    scene = random_scene(rng, max_objects=config.max_objects)
     return scene, render_scene(scene, size=config.image_size), caption(scene, rng)
 
 
@@ -107,22 +115,22 @@ def _caption_image(rng: np.random.Generator, config: ShapesConfig, split: str) -
     return Document.of(Text(text), image), "generation/image", {"scene": scene.to_dict(), "caption": text}
 
 
-def _speech_text(rng: np.random.Generator) -> tuple[str, str]:
+def _speech_text(rng: np.random.Generator, config: ShapesConfig) -> tuple[str, str]:
     """A caption or a question about a random scene: what gets spoken."""
-    scene = random_scene(rng)
+    scene = random_scene(rng, max_objects=config.max_objects)
     if rng.random() < 0.6:
         return caption(scene, rng), "caption"
     return image_question(scene, rng).text, "question"
 
 
 def _speech_transcript(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Built:
-    text, source = _speech_text(rng)
+    text, source = _speech_text(rng, config)
     audio, voice = _spoken(rng, text)
     return Document.of(audio, Text(text)), "speech/recognition", {"text": text, "source": source, "voice": voice}
 
 
 def _transcript_speech(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Built:
-    text, source = _speech_text(rng)
+    text, source = _speech_text(rng, config)
     audio, voice = _spoken(rng, text)
     return Document.of(Text(text), audio), "speech/synthesis", {"text": text, "source": source, "voice": voice}
 
@@ -141,7 +149,7 @@ def _asked(rng: np.random.Generator, question: Question) -> str:
 
 
 def _image_qa(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Built:
-    scene = random_scene(rng)
+    scene = random_scene(rng, max_objects=config.max_objects)
     image = render_scene(scene, size=config.image_size)
     questions = [image_question(scene, rng)]
     turns = [("user", [image, _asked(rng, questions[0])]), ("assistant", questions[0].answer)]
@@ -155,7 +163,7 @@ def _image_qa(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Bu
 
 
 def _spoken_image_qa(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Built:
-    scene = random_scene(rng)
+    scene = random_scene(rng, max_objects=config.max_objects)
     image = render_scene(scene, size=config.image_size)
     question = image_question(scene, rng)
     audio, voice = _spoken(rng, question.text)

@@ -61,6 +61,7 @@ def make_shapes(
     split: str = "train",
     image_size: int = 64,
     video_size: int = 64,
+    max_objects: int = 4,
     samples_per_shard: int = 1000,
     workers: int = 2,
     progress: bool = True,
@@ -72,7 +73,8 @@ def make_shapes(
     ``overwrite``. ``workers > 1`` uses spawned processes: call it under
     ``if __name__ == "__main__":`` in scripts.
     """
-    plan = _check_plan(n, seed, kinds, split, image_size, video_size, samples_per_shard, workers)
+    config = ShapesConfig(image_size=image_size, video_size=video_size, max_objects=max_objects)
+    plan = _check_plan(n, seed, kinds, split, config, samples_per_shard, workers)
     out_dir = Path(out_dir)
     _prepare_folder(out_dir, overwrite)
     started = time.perf_counter()
@@ -117,8 +119,7 @@ def _check_plan(
     seed: int,
     kinds: tuple[str, ...] | list[str],
     split: str,
-    image_size: int,
-    video_size: int,
+    config: ShapesConfig,
     samples_per_shard: int,
     workers: int,
 ) -> dict:
@@ -127,7 +128,6 @@ def _check_plan(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
     check_split(split)
-    config = ShapesConfig(image_size=image_size, video_size=video_size)
     return {"seed": check_seed(seed), "split": split, "kinds": check_kinds(kinds), "config": config.to_dict()}
 
 
