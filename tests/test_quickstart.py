@@ -22,6 +22,12 @@ def test_quickstart_end_to_end_at_a_tiny_scale(tmp_path):
     assert set(report.accuracy) == set(report.blind) == set(QUESTIONS)
     for scores in (report.accuracy, report.blind):
         assert all(v in {0.0, 1 / 3, 2 / 3, 1.0} for v in scores.values())  # 3 questions each
+    for kind in QUESTIONS:  # the per-ability rows add up to the per-kind scores
+        rows = [row for name, row in report.by_ability.items() if name.split()[0] == kind]
+        assert sum(row["questions"] for row in rows) == 3
+        assert sum(row["accuracy"] * row["questions"] for row in rows) == pytest.approx(3 * report.accuracy[kind])
+        assert sum(row["blind"] * row["questions"] for row in rows) == pytest.approx(3 * report.blind[kind])
+    assert "sound audio/sound-event" in report.by_ability and "by ability" in report.format()
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     assert saved["accuracy"] == report.accuracy and saved["chance"] == 0.25
     run = Run.load(tmp_path / "qs")

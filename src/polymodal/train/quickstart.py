@@ -80,12 +80,18 @@ class QuickstartReport:
     chance: float
     questions: int
     samples: list[str]
+    # "image perception/colour" -> {"questions": n, "accuracy": ..., "blind": ...}: which abilities the scores come from
+    by_ability: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def format(self) -> str:
         lines = [f"held-out questions, {self.questions} per input kind (4 options, chance {self.chance:.0%}):",
                  f"  {'input':<7} {'accuracy':>8} {'without the media':>18}"]  # fmt: skip
         for kind, acc in self.accuracy.items():
             lines.append(f"  {kind:<7} {acc:8.1%} {self.blind[kind]:18.1%}")
+        if self.by_ability:
+            lines.append(f"  {'by ability':<36} {'n':>4} {'accuracy':>8} {'without':>8}")
+            for name, row in self.by_ability.items():
+                lines.append(f"  {name:<36} {row['questions']:4d} {row['accuracy']:8.1%} {row['blind']:8.1%}")
         return "\n".join(lines)
 
 
@@ -222,19 +228,27 @@ def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8
     """Held-out corpus questions, asked with and without their media: a question is answered right
     when the option the run finds likeliest as its answer is the reference (4 options, so chance is
     25%, as in lm-evaluation-harness's multiple choice)."""
-    accuracy, blind = {}, {}
+    accuracy, blind, by_ability = {}, {}, {}
     for name, kind in QUESTIONS.items():
         samples = list(itertools.islice(read_shards(test_dir / kind, video_fps=video_fps), limit))
         questions = [s.meta["truth"]["questions"][0] for s in samples]
+        right = {}
         for target, is_blind in ((accuracy, False), (blind, True)):
             prompts = [_question_prompt(s.document, blind=is_blind)[0] for s in samples]
-            right = 0
+            right[is_blind] = []
             for k in range(0, len(samples), batch_size):
                 chunk = questions[k : k + batch_size]
                 scores = option_scores(run, prompts[k : k + batch_size], [q["options"] for q in chunk])
-                right += sum(int(s.argmax()) == q["answer_index"] for s, q in zip(scores, chunk, strict=True))
-            target[name] = right / len(samples)
-    return QuickstartReport(accuracy, blind, chance=0.25, questions=limit, samples=[])
+                right[is_blind] += [int(s.argmax()) == q["answer_index"] for s, q in zip(scores, chunk, strict=True)]
+            target[name] = sum(right[is_blind]) / len(samples)
+        for ability in sorted({q["ability"] for q in questions}):
+            asked = [i for i, q in enumerate(questions) if q["ability"] == ability]
+            by_ability[f"{name} {ability}"] = {
+                "questions": len(asked),
+                "accuracy": sum(right[False][i] for i in asked) / len(asked),
+                "blind": sum(right[True][i] for i in asked) / len(asked),
+            }
+    return QuickstartReport(accuracy, blind, chance=0.25, questions=limit, samples=[], by_ability=by_ability)
 
 
 def write_samples(run: Run, test_dir: Path, out: Path, *, video_fps: float | None = None) -> list[Path]:
