@@ -339,3 +339,30 @@ def test_shapes_suite_is_deterministic_held_out_and_loads_strictly(tmp_path):
     caption = next(t for t in suite.tasks if t.name == "caption")
     assert all(len(set(i.answers)) == 5 for i in caption.items)
     assert {i.suite for i in list_tasks(tmp_path)} == {"one", "two"}
+
+
+def test_likelihood_choice_answers_every_item_with_the_likeliest_option(tmp_path, tiny_run):
+    from polymodal.content import Document, Image, Message, Text
+    from polymodal.eval.runner import LikelihoodResponder
+    from polymodal.generation import option_scores
+    from polymodal.train.losses import next_token_losses
+
+    _tiny_suite(tmp_path / "suite")
+    report = evaluate(tiny_run, tmp_path / "suite", tasks=["colours"], choice="likelihood")
+    rows = [a for a in report.answers if a["task"] == "colours"]
+    assert len(rows) == 3 * 4 * 3 and all(a["answer"] in "ABCD" and a["choice"] is not None for a in rows)
+    assert report.task("colours").scores["conditions"]["with_media"]["unreadable"]["value"] == 0
+    # batched option scores (padded, all options at once) equal each answer scored alone
+    prompt = Document.chat(("user", [Image(PILImage.new("RGB", (8, 8), COLOURS["red"])), "What colour is it?"]))
+    options = ["red", "green", "blue", "yellow"]
+    batched = option_scores(tiny_run, [prompt], [options])[0]
+    for option, score in zip(options, batched.tolist(), strict=True):
+        seq = tiny_run.tokenizer.encode(Document([*prompt.messages, Message("assistant", (Text(option),))]))
+        with torch.no_grad():
+            logits = tiny_run.model(seq.ids[None], seq.positions[None], seq.modality[None])
+        alone = -next_token_losses(logits, seq.ids[None], seq.loss_weight[None])[0]
+        assert score == pytest.approx(float(alone), abs=1e-4)
+    picked = LikelihoodResponder(tiny_run).choose([prompt], [options])
+    assert picked == [int(batched.argmax())]
+    with pytest.raises(ConfigError, match="choice must be"):
+        evaluate(tiny_run, tmp_path / "suite", choice="vote")

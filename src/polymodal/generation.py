@@ -25,13 +25,14 @@ import torch
 
 from polymodal import positions as P
 from polymodal import vocab as V
-from polymodal.content import Document, Part, Text
+from polymodal.content import Document, Message, Part, Text
 from polymodal.content.document import drop_conditioning
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.model.fusion import LateFusion, MediaInputs, late_fusion_batch
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
 from polymodal.tokenizers.sequence import TokenBatch, TokenSequence, pad_batch
+from polymodal.train.losses import next_token_losses
 from polymodal.vocab import Vocabulary
 
 Output = Literal["text", "image", "audio"]
@@ -403,7 +404,32 @@ def generate(
     return [results[i] for i in range(len(prompts))]
 
 
+@torch.no_grad()
+def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    """For each prompt, the log-probability the run gives each of its options as the whole answer
+    (answer tokens and ``<|end|>``), all options of all prompts in one batch: multiple choice scored
+    by likelihood, as lm-evaluation-harness does. A chat prompt gets each option as the assistant's
+    turn; a plain document gets it as its continuation."""
+
+    def answered(prompt: Document, option: str) -> Document:
+        if prompt.is_chat:
+            return Document([*prompt.messages, Message("assistant", (Text(option),))])
+        return Document.of(*prompt.parts, Text(" " + option))
+
+    chats = [answered(p, o) for p, opts in zip(prompts, options, strict=True) for o in opts]
+    seqs = [run.tokenizer.encode(chat) for chat in chats]
+    device = next(run.model.parameters()).device
+    if isinstance(run.model, LateFusion):
+        batch, media, _ = late_fusion_batch(seqs, run.tokenizer.vocab)
+        batch, extra = batch.to(device), {"media": media.to(device)}
+    else:
+        batch, extra = pad_batch(seqs, run.tokenizer.vocab.pad_id).to(device), {}
+    logits = run.model(batch.ids, batch.positions, batch.modality, batch.attention_mask, **extra)
+    scores = -next_token_losses(logits, batch.ids, batch.loss_weight).cpu()
+    return list(scores.split([len(o) for o in options]))
+
+
 __all__ = [
     "DirectionNotSupportedError", "drop_conditioning", "Event", "Finished", "Generation", "Grammar", "PartDone",
-    "SamplingConfig", "TextDelta", "generate", "sample", "stream",
+    "SamplingConfig", "TextDelta", "generate", "option_scores", "sample", "stream",
 ]  # fmt: skip

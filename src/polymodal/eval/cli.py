@@ -44,6 +44,13 @@ def run_cmd(
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.", min=1)] = 16,
     blind: Annotated[bool, typer.Option(help="Also ask multiple choice without media and with swapped media.")] = True,
     workers: Annotated[int, typer.Option(help="Processes that write a built-in suite if it is missing.", min=1)] = 2,
+    choice: Annotated[
+        str,
+        typer.Option(
+            help="Multiple choice: 'generate' (answer, then read the letter) or 'likelihood' "
+            "(the option the model finds likeliest, as lm-evaluation-harness)."
+        ),  # fmt: skip
+    ] = "generate",
 ) -> None:
     """Evaluate a run on a suite and write report.json, report.md and answers.jsonl."""
     from polymodal.eval.runner import evaluate
@@ -54,7 +61,7 @@ def run_cmd(
     try:
         folder = resolve_suite(suite, limit=limit, workers=workers, progress=progress)
         report = evaluate(run_dir, folder, limit=limit, tasks=task, batch_size=batch_size, blind=blind,
-                          progress=progress)  # fmt: skip
+                          progress=progress, choice=choice)  # fmt: skip
         written = report.write(out or Path(run_dir) / "eval")
     except (PolymodalError, FileNotFoundError) as exc:
         _fail(exc)

@@ -29,9 +29,11 @@ from tqdm.auto import tqdm
 
 import polymodal
 from polymodal.content import Document, Part
+from polymodal.errors import ConfigError
 from polymodal.eval.prompts import CONDITIONS, Prompt, task_prompts
 from polymodal.eval.report import EvalReport, TaskResult, group_scores
 from polymodal.eval.scoring import (
+    LETTERS,
     MultipleChoiceOutcome,
     Proportion,
     bootstrap_interval,
@@ -42,7 +44,7 @@ from polymodal.eval.scoring import (
     word_errors,
 )
 from polymodal.eval.tasks import MediaRef, Suite, Task, load_suite
-from polymodal.generation import DirectionNotSupportedError, SamplingConfig, generate
+from polymodal.generation import DirectionNotSupportedError, SamplingConfig, generate, option_scores
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
 
@@ -95,6 +97,24 @@ class LocalResponder:
         return answers
 
 
+class LikelihoodResponder(LocalResponder):
+    """A :class:`LocalResponder` that answers multiple choice by likelihood, as lm-evaluation-harness
+    does: of the options shown, the one the run finds likeliest as its whole answer
+    (:func:`~polymodal.generation.option_scores`). For a model trained to answer in words, not
+    letters; the prompt (options listed, rotated) is the same, and the pick is recorded as its letter.
+    Text and transcription tasks are generated as usual."""
+
+    def choose(self, prompts: Sequence[Document], options: Sequence[Sequence[str]]) -> list[int]:
+        if self.check_direction:
+            for prompt in prompts:
+                self.check(prompt)
+        picks = []
+        for start in range(0, len(prompts), self.batch_size):
+            end = start + self.batch_size
+            picks += [int(s.argmax()) for s in option_scores(self.run, prompts[start:end], options[start:end])]
+        return picks
+
+
 class _MediaCache:
     """Opened media parts, most recent first: an item's rotations and conditions reuse them."""
 
@@ -120,8 +140,13 @@ def ask(
     answers: list[str] = []
     with tqdm(total=len(prompts), desc=task.name, unit="prompt", disable=not progress) as bar:
         for start in range(0, len(prompts), chunk):
-            documents = [p.document(cache) for p in prompts[start : start + chunk]]
-            answers += responder(documents, settings)
+            asked = prompts[start : start + chunk]
+            documents = [p.document(cache) for p in asked]
+            choose = getattr(responder, "choose", None)  # multiple choice by likelihood
+            if choose is not None and task.spec.output == "multiple_choice":
+                answers += [LETTERS[i] for i in choose(documents, [p.rotation.options for p in asked])]
+            else:
+                answers += responder(documents, settings)
             bar.update(len(documents))
     if len(answers) != len(prompts):
         raise RuntimeError(f"the responder gave {len(answers)} answers to {len(prompts)} prompts")
@@ -240,13 +265,18 @@ def evaluate(
     blind: bool = True,
     check_direction: bool = True,
     progress: bool = False,
+    choice: str = "generate",
 ) -> EvalReport:
-    """Evaluate a run (loaded, or its folder) on a suite folder with :class:`LocalResponder`."""
+    """Evaluate a run (loaded, or its folder) on a suite folder with :class:`LocalResponder`, or with
+    :class:`LikelihoodResponder` when ``choice="likelihood"``."""
+    if choice not in ("generate", "likelihood"):
+        raise ConfigError(f"choice must be 'generate' or 'likelihood', got {choice!r}")
     name = str(run) if not isinstance(run, Run) else ""
     loaded = run if isinstance(run, Run) else Run.load(Path(run))
-    responder = LocalResponder(loaded, batch_size=batch_size, check_direction=check_direction)
+    kind = LikelihoodResponder if choice == "likelihood" else LocalResponder
+    responder = kind(loaded, batch_size=batch_size, check_direction=check_direction)
     return evaluate_responder(responder, suite, limit=limit, tasks=tasks, blind=blind, model_name=name,
-                              progress=progress, settings={"batch_size": batch_size})  # fmt: skip
+                              progress=progress, settings={"batch_size": batch_size, "choice": choice})  # fmt: skip
 
 
 def _version(package: str) -> str:

@@ -25,28 +25,25 @@ import itertools
 import json
 import multiprocessing
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from polymodal.content import Document, Message, Text
+from polymodal.content import Document, Message
 from polymodal.data.shapes import make_shapes, read_shards, read_texts
 from polymodal.data.tokenized import META_FILENAME, write_tokenized
 from polymodal.errors import ConfigError
 from polymodal.files import write_bytes_atomic, write_text_atomic
-from polymodal.generation import SamplingConfig, generate
-from polymodal.model.fusion import LateFusion, late_fusion_batch
+from polymodal.generation import SamplingConfig, generate, option_scores
 from polymodal.run import Run
 from polymodal.tokenizers import load_tokenizer
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.presets import default_vocabulary_dir
-from polymodal.tokenizers.sequence import pad_batch
 from polymodal.tokenizers.text import TextTokenizer
 from polymodal.train.loop import TRAIN_FILENAME, Trainer
-from polymodal.train.losses import next_token_losses
 from polymodal.train.stages import quickstart as quickstart_recipe
 
 # How many training samples of each corpus kind, and which kinds are asked about at the end.
@@ -203,24 +200,6 @@ def _question_prompt(document: Document, *, blind: bool) -> tuple[Document, str]
     if not parts:
         parts = ("",)
     return Document([Message("user", parts)]), answer.parts[0].text
-
-
-@torch.no_grad()
-def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Sequence[str]]) -> list[torch.Tensor]:
-    """For each prompt, the log-probability the run gives each of its options as the whole answer
-    (answer tokens and ``<|end|>``), all options of all prompts in one batch."""
-    chats = [Document([*p.messages, Message("assistant", (Text(o),))]) for p, opts in zip(prompts, options, strict=True)
-             for o in opts]  # fmt: skip
-    seqs = [run.tokenizer.encode(chat) for chat in chats]
-    device = next(run.model.parameters()).device
-    if isinstance(run.model, LateFusion):
-        batch, media, _ = late_fusion_batch(seqs, run.tokenizer.vocab)
-        batch, extra = batch.to(device), {"media": media.to(device)}
-    else:
-        batch, extra = pad_batch(seqs, run.tokenizer.vocab.pad_id).to(device), {}
-    logits = run.model(batch.ids, batch.positions, batch.modality, batch.attention_mask, **extra)
-    scores = -next_token_losses(logits, batch.ids, batch.loss_weight).cpu()
-    return list(scores.split([len(o) for o in options]))
 
 
 def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8, *,
