@@ -366,3 +366,16 @@ def test_likelihood_choice_answers_every_item_with_the_likeliest_option(tmp_path
     assert picked == [int(batched.argmax())]
     with pytest.raises(ConfigError, match="choice must be"):
         evaluate(tiny_run, tmp_path / "suite", choice="vote")
+
+
+def test_video_fps_overrides_the_rate_each_item_asks_for(tmp_path, monkeypatch):
+    from polymodal.eval import runner
+    from polymodal.eval.tasks import MediaRef
+
+    opened = []
+    monkeypatch.setattr(runner.MediaRef, "open", lambda ref: opened.append((ref.kind, ref.fps)) or ref.kind)
+    cache = runner._MediaCache(video_fps=2.0)
+    cache(MediaRef("video", tmp_path / "a.mp4", fps=10.0))
+    cache(MediaRef("image", tmp_path / "a.png"))
+    runner._MediaCache()(MediaRef("video", tmp_path / "b.mp4", fps=10.0))
+    assert opened == [("video", 2.0), ("image", 1.0), ("video", 10.0)]

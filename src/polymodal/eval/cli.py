@@ -51,6 +51,9 @@ def run_cmd(
             "(the option the model finds likeliest, as lm-evaluation-harness)."
         ),  # fmt: skip
     ] = "generate",
+    video_fps: Annotated[
+        float | None, typer.Option(help="Sample videos at this rate (default: as each item says).", min=0.01)
+    ] = None,
 ) -> None:
     """Evaluate a run on a suite and write report.json, report.md and answers.jsonl."""
     from polymodal.eval.runner import evaluate
@@ -61,7 +64,8 @@ def run_cmd(
     try:
         folder = resolve_suite(suite, limit=limit, workers=workers, progress=progress)
         report = evaluate(run_dir, folder, limit=limit, tasks=task, batch_size=batch_size, blind=blind,
-                          progress=progress, choice=choice)  # fmt: skip
+                          progress=progress, choice=choice,
+                          video_fps=video_fps)  # fmt: skip
         written = report.write(out or Path(run_dir) / "eval")
     except (PolymodalError, FileNotFoundError) as exc:
         _fail(exc)

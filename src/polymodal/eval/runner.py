@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -116,12 +116,15 @@ class LikelihoodResponder(LocalResponder):
 
 
 class _MediaCache:
-    """Opened media parts, most recent first: an item's rotations and conditions reuse them."""
+    """Opened media parts, most recent first: an item's rotations and conditions reuse them.
+    ``video_fps`` samples every video at that rate instead of the item's own."""
 
-    def __init__(self, size: int = 64) -> None:
-        self.size, self.parts = size, OrderedDict()
+    def __init__(self, size: int = 64, video_fps: float | None = None) -> None:
+        self.size, self.parts, self.video_fps = size, OrderedDict(), video_fps
 
     def __call__(self, ref: MediaRef) -> Part:
+        if self.video_fps is not None and ref.kind == "video":
+            ref = replace(ref, fps=self.video_fps)
         if ref in self.parts:
             self.parts.move_to_end(ref)
             return self.parts[ref]
@@ -132,11 +135,17 @@ class _MediaCache:
 
 
 def ask(
-    responder: Responder, task: Task, prompts: list[Prompt], *, chunk: int = 64, progress: bool = False
+    responder: Responder,
+    task: Task,
+    prompts: list[Prompt],
+    *,
+    chunk: int = 64,
+    progress: bool = False,
+    video_fps: float | None = None,
 ) -> list[str]:
     """The responder's answers to ``prompts``, asked ``chunk`` at a time (media opened per chunk)."""
     settings = GenerationSettings(max_new_tokens=task.spec.max_new_tokens)
-    cache = _MediaCache()
+    cache = _MediaCache(video_fps=video_fps)
     answers: list[str] = []
     with tqdm(total=len(prompts), desc=task.name, unit="prompt", disable=not progress) as bar:
         for start in range(0, len(prompts), chunk):
@@ -224,6 +233,7 @@ def evaluate_responder(
     model_name: str = "",
     progress: bool = False,
     settings: dict | None = None,
+    video_fps: float | None = None,
 ) -> EvalReport:
     """Ask every task of ``suite`` (its first ``limit`` items each) to ``responder`` and score it.
 
@@ -240,7 +250,7 @@ def evaluate_responder(
             continue
         prompts = task_prompts(task, blind=blind)
         try:
-            said = ask(responder, task, prompts, progress=progress)
+            said = ask(responder, task, prompts, progress=progress, video_fps=video_fps)
         except DirectionNotSupportedError as exc:
             skipped[task.name] = str(exc)
             continue
@@ -249,7 +259,7 @@ def evaluate_responder(
         score = score_multiple_choice_task if task.spec.output == "multiple_choice" else score_text_task
         results.append(score(task, rows))
     info = {"name": suite.name, "path": str(suite.path), **{k: v for k, v in suite.info.items() if k != "name"}}
-    settings = {"temperature": 0.0, "limit": limit, "blind": blind, **(settings or {})}
+    settings = {"temperature": 0.0, "limit": limit, "blind": blind, "video_fps": video_fps, **(settings or {})}
     versions = {"polymodal": polymodal.__version__, "jiwer": _version("jiwer")}
     return EvalReport(suite=info, model=model_name, settings=settings, versions=versions, tasks=results,
                       skipped=skipped, answers=answers)  # fmt: skip
@@ -266,6 +276,7 @@ def evaluate(
     check_direction: bool = True,
     progress: bool = False,
     choice: str = "generate",
+    video_fps: float | None = None,
 ) -> EvalReport:
     """Evaluate a run (loaded, or its folder) on a suite folder with :class:`LocalResponder`, or with
     :class:`LikelihoodResponder` when ``choice="likelihood"``."""
@@ -276,7 +287,8 @@ def evaluate(
     kind = LikelihoodResponder if choice == "likelihood" else LocalResponder
     responder = kind(loaded, batch_size=batch_size, check_direction=check_direction)
     return evaluate_responder(responder, suite, limit=limit, tasks=tasks, blind=blind, model_name=name,
-                              progress=progress, settings={"batch_size": batch_size, "choice": choice})  # fmt: skip
+                              progress=progress, settings={"batch_size": batch_size, "choice": choice},
+                              video_fps=video_fps)  # fmt: skip
 
 
 def _version(package: str) -> str:
