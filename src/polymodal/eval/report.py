@@ -101,22 +101,22 @@ class EvalReport:
         choice = [t for t in self.tasks if t.output == "multiple_choice"]
         if choice:
             lines += _choice_section(choice)
-        text = [t for t in self.tasks if t.output == "text"]
-        if text:
-            lines += ["## Text outputs", "", "| task | items | exact match | CIDEr-D |", "|---|---:|---|---|"]
-            for t in text:
-                cider = t.scores["cider_d"]
-                lines.append(f"| {t.name} | {t.items} | {_pct(t.scores['exact_match'])} | "
-                             f"{cider['value']:.3f} [{cider['low']:.3f}, {cider['high']:.3f}] |")  # fmt: skip
-            lines.append("")
-        speech = [t for t in self.tasks if t.output == "transcription"]
-        if speech:
-            lines += ["## Transcription", "", "| task | items | WER | exact match |", "|---|---:|---|---|"]
-            for t in speech:
-                wer = t.scores["wer"]
-                lines.append(f"| {t.name} | {t.items} | {wer['value']:.1%} [{wer['low']:.1%}, {wer['high']:.1%}] | "
-                             f"{_pct(t.scores['exact_match'])} |")  # fmt: skip
-            lines.append("")
+
+        def cider(t: TaskResult) -> str:
+            c = t.scores["cider_d"]
+            return f"{_pct(t.scores['exact_match'])} | {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+        def wer(t: TaskResult) -> str:
+            w = t.scores["wer"]
+            return f"{w['value']:.1%} [{w['low']:.1%}, {w['high']:.1%}] | {_pct(t.scores['exact_match'])}"
+
+        sections = (("text", "Text outputs", "exact match | CIDEr-D", cider),
+                    ("transcription", "Transcription", "WER | exact match", wer))  # fmt: skip
+        for output, title, columns, cells in sections:
+            tasks = [t for t in self.tasks if t.output == output]
+            if tasks:
+                lines += [f"## {title}", "", f"| task | items | {columns} |", "|---|---:|---|---|"]
+                lines += [f"| {t.name} | {t.items} | {cells(t)} |" for t in tasks] + [""]
         if self.skipped:
             lines += ["## Skipped", ""] + [f"- {name}: {why}" for name, why in self.skipped.items()] + [""]
         lines += [

@@ -338,15 +338,16 @@ class Trainer:
                 continue
             start = state.step if index == state.stage else 0
             state = self._fit_stage(model, index, stage, start, state)
-            self.export(model)
+            if index < len(self.recipe.stages) - 1:
+                self.export(model)  # the run so far
+        if is_sharded(model):  # every process gets the whole trained model, gathered once
+            model = self._plain(full_model_state(model, everywhere=True)).to(self.device)
         self.export(model)  # also when every stage was already done (a crash right after the last checkpoint)
         if self.distributed.main:
             self._write_status(state, "done")
             if self.board is not None:
                 self.board.close()
         self.distributed.barrier()
-        if is_sharded(model):  # every process gets the whole trained model
-            model = self._plain(full_model_state(model, everywhere=True)).to(self.device)
         return Run(model.eval(), self.tokenizer, self.recipe.directions)
 
     def _fit_stage(self, model: nn.Module, index: int, stage: StageConfig, start: int,
