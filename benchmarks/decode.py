@@ -35,17 +35,23 @@ from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.presets import default_vocabulary_dir
 
+SHAPES = {  # (width, layers, query heads, key-value heads, SwiGLU width)
+    "tiny": (256, 6, 8, 4, 704),  # the quickstart's model
+    "small": (576, 30, 9, 3, 1536),  # the one-GPU preset (SmolLM-135M's shape)
+}
 PROMPT_TEXT = "Describe everything in this picture: every shape, its colour, its size and where it is. " * 2
 
 
-def build(device: torch.device) -> tuple[Run, torch.nn.Module]:
+def build(device: torch.device, shape: str) -> tuple[Run, torch.nn.Module]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     codec = DocumentTokenizer.load(default_vocabulary_dir())
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=codec.vocab.range("text").size, hidden_size=256, intermediate_size=704,
-                         num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True,
-                         max_position_embeddings=2048, attn_implementation="sdpa")  # fmt: skip
+    width, layers, heads, kv_heads, ffn = SHAPES[shape]
+    config = LlamaConfig(vocab_size=codec.vocab.range("text").size, hidden_size=width, intermediate_size=ffn,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         tie_word_embeddings=True, max_position_embeddings=2048,
+                         attn_implementation="sdpa")  # fmt: skip
     theirs = LlamaForCausalLM(config).eval()
     with tempfile.TemporaryDirectory() as folder:
         theirs.save_pretrained(folder)
@@ -57,6 +63,10 @@ def build(device: torch.device) -> tuple[Run, torch.nn.Module]:
 def prompt() -> Document:
     pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     return Document.chat(("user", [Image(PILImage.fromarray(pixels)), PROMPT_TEXT]))
+
+
+def machine_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:
@@ -85,13 +95,14 @@ def time_theirs(model: torch.nn.Module, ids: torch.Tensor, new: int, device: tor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new", type=int, default=128, help="new tokens per row")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    run, theirs = build(device)
+    run, theirs = build(device, args.shape)
     length = len(run.tokenizer.encode(prompt(), add_generation_prompt=True))
     generator = torch.Generator().manual_seed(0)
     text_ids = torch.randint(0, theirs.config.vocab_size, (1, length), generator=generator)
@@ -115,8 +126,8 @@ def main() -> None:
               f"transformers {r['theirs']:8,.0f} tokens/s (first token {r['theirs_ttft'] * 1000:6.1f} ms)   "
               f"{r['ours'] / r['theirs']:.2f}x", flush=True)  # fmt: skip
     if args.json:
-        info = {"benchmark": "decode", "device": str(device), "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        info = {"benchmark": "decode", "shape": args.shape, "device": str(device), "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "machine": machine_name(device),
                 "date": time.strftime("%Y-%m-%d"), "prompt_tokens": length, "new_tokens": args.new,
                 "results": results}  # fmt: skip
         with open(args.json, "w", encoding="utf-8") as f:

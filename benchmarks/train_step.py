@@ -38,13 +38,20 @@ from polymodal.model import Transformer
 from polymodal.model.config import ModelConfig
 from polymodal.positions import audio_positions, image_positions, next_index, text_positions
 
-SHAPE = {"vocab": 16_384, "dim": 256, "layers": 6, "heads": 8, "kv_heads": 4, "ffn": 704}
+SHAPES = {
+    # the performance issue's reference (8.6M parameters): CPU-sized
+    "reference": {"vocab": 16_384, "dim": 256, "layers": 6, "heads": 8, "kv_heads": 4, "ffn": 704},
+    # the ``small`` preset (SmolLM-135M's shape, 135M parameters): the one-GPU reference
+    "small": {"vocab": 49_152, "dim": 576, "layers": 30, "heads": 9, "kv_heads": 3, "ffn": 1_536},
+}
+SHAPE = dict(SHAPES["reference"])  # the shape in use; main() sets it from --shape
 TEXT, IMAGE, AUDIO = 1, 2, 3  # modality codes (0 is "special")
 
 
 def ours(device: torch.device) -> Transformer:
     config = ModelConfig(vocab_size=SHAPE["vocab"], dim=SHAPE["dim"], n_layers=SHAPE["layers"], n_heads=SHAPE["heads"],
-                         n_kv_heads=SHAPE["kv_heads"], ffn_dim=SHAPE["ffn"], tie_embeddings=True)  # fmt: skip
+                         n_kv_heads=SHAPE["kv_heads"], ffn_dim=SHAPE["ffn"], tie_embeddings=True,
+                         max_seq_len=4096)  # fmt: skip
     return Transformer(config).to(device)
 
 
@@ -91,7 +98,8 @@ def multimodal_row(length: int, generator: torch.Generator) -> tuple[torch.Tenso
             else:
                 pos = text_positions(start, n)
             start = next_index(start, pos)
-            low, high = {TEXT: (17, 8_000), IMAGE: (8_000, 12_000), AUDIO: (12_000, SHAPE["vocab"])}[kind]
+            v = SHAPE["vocab"]
+            low, high = {TEXT: (17, v // 2), IMAGE: (v // 2, 3 * v // 4), AUDIO: (3 * v // 4, v)}[kind]
             ids.append(torch.randint(low, high, (n,), generator=generator))
             positions.append(pos)
             modality.append(torch.full((n,), kind))
@@ -125,6 +133,34 @@ def step_fn(model: torch.nn.Module, forward: Callable, device: torch.device) -> 
     return step
 
 
+def flops_per_token(length: int) -> float:
+    """Model FLOPs of one training token (forward + backward = 3x forward), PaLM-style: every weight matrix
+    (the tied head included) and causal attention's two matrix products over half the row on average."""
+    d, kv = SHAPE["dim"], SHAPE["dim"] * SHAPE["kv_heads"] // SHAPE["heads"]
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * SHAPE["ffn"]  # q, o; k, v; SwiGLU
+    weights = SHAPE["layers"] * per_layer + d * SHAPE["vocab"]
+    attention = SHAPE["layers"] * 2 * d * length  # QK^T and AV, 2 FLOPs each, causal half of `length` keys
+    return 3 * (2 * weights + attention)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a large matrix product on this device, measured (random data, median of 10)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(13):
+        sync(device)
+        tic = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - tic)
+    return 2 * n**3 / statistics.median(times[3:])
+
+
+def machine_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -133,6 +169,7 @@ def sync(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="reference")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per workload per round")
@@ -143,6 +180,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    SHAPE.update(SHAPES[args.shape])
     generator = torch.Generator().manual_seed(0)
     text = text_batch(args.batch, args.length, generator, device)
     mm = multimodal_batch(args.batch, args.length, generator, device)
@@ -181,16 +219,25 @@ def main() -> None:
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
 
     median = {name: statistics.median(r) for name, r in rates.items()}
-    print(f"\n{'workload':<22} {'tokens/s':>10} {'vs hf (same mode)':>18}")
+    peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    per_token = flops_per_token(args.length)
+    mfu = {name: rate * per_token / peak for name, rate in median.items()}
+    print(
+        f"\nshape {args.shape}, batch {args.batch} x {args.length}, {per_token / 1e6:.0f} MFLOP per token; "
+        f"measured matmul peak {peak / 1e12:.2f} TFLOP/s"
+    )
+    print(f"{'workload':<22} {'tokens/s':>10} {'vs hf (same mode)':>18} {'MFU':>7}")
     for name, rate in median.items():
         mode = name.rsplit("/", 1)[1]
-        print(f"{name:<22} {rate:>10,.0f} {rate / median[f'hf/text/{mode}']:>17.2f}x")
+        print(f"{name:<22} {rate:>10,.0f} {rate / median[f'hf/text/{mode}']:>17.2f}x {mfu[name]:>6.1%}")
     if args.json:
         result = {
-            "benchmark": "train_step", "shape": SHAPE, "batch": args.batch, "length": args.length,
+            "benchmark": "train_step", "shape_name": args.shape, "shape": SHAPE, "batch": args.batch,
+            "length": args.length,
             "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
+            "machine": machine_name(device), "date": time.strftime("%Y-%m-%d"),
             "tokens_per_s": median, "rounds": rates, "warmup_seconds": warmup_seconds,
+            "flops_per_token": per_token, "matmul_peak_flops": peak, "mfu": mfu,
         }  # fmt: skip
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

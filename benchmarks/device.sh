@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# What a session with a lent GPU runs (see the device tool's README): the benchmarks with --device cuda,
+# each under its own time limit, results and logs under $OUT. Missing packages travel as wheels in .whl/.
+#   benchmarks/device.sh train   # the small preset's training step beside transformers, bf16
+#   benchmarks/device.sh decode  # decoding, tiny and small shapes, batch 1/8/32
+set -uo pipefail
+OUT=${OUT:-/tmp/polymodal-bench}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+for job in "$@"; do
+    case $job in
+    train)
+        timeout 300 python3 benchmarks/train_step.py --device cuda --shape small --batch 8 --length 2048 \
+            --rounds 3 --steps 5 --warmup 2 --json "$OUT/train_step_small_cuda.json" 2>&1 | tee "$OUT/train.log" ;;
+    train-reference)
+        timeout 200 python3 benchmarks/train_step.py --device cuda --rounds 3 --steps 10 --warmup 3 \
+            --json "$OUT/train_step_cuda.json" 2>&1 | tee "$OUT/train_reference.log" ;;
+    decode)
+        for shape in small tiny; do
+            timeout 150 python3 benchmarks/decode.py --device cuda --shape $shape \
+                --json "$OUT/decode_${shape}_cuda.json" 2>&1 | tee "$OUT/decode_$shape.log"
+        done ;;
+    *) echo "unknown job $job" >&2; exit 2 ;;
+    esac
+done
