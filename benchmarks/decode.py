@@ -74,10 +74,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_ours(run: Run, prompts: list[Document], new: int, device: torch.device) -> tuple[float, int]:
+def time_ours(run: Run, prompts: list[Document], new: int, device: torch.device,
+              compile: bool = False) -> tuple[float, int]:  # fmt: skip
     sync(device)
     tic = time.perf_counter()
-    out = generate(run, prompts, sampling=SamplingConfig(temperature=0, max_new_tokens=new), check_direction=False)
+    out = generate(run, prompts, sampling=SamplingConfig(temperature=0, max_new_tokens=new), check_direction=False,
+                   compile=compile)  # fmt: skip
     sync(device)
     return time.perf_counter() - tic, sum(len(g.ids) for g in out)
 
@@ -96,13 +98,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="weights (default: bf16 on a GPU, else fp32)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new", type=int, default=128, help="new tokens per row")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     run, theirs = build(device, args.shape)
+    run.model.to(dtype)
+    theirs.to(dtype)
     length = len(run.tokenizer.encode(prompt(), add_generation_prompt=True))
     generator = torch.Generator().manual_seed(0)
     text_ids = torch.randint(0, theirs.config.vocab_size, (1, length), generator=generator)
@@ -112,21 +118,29 @@ def main() -> None:
     results = {}
     for batch in args.batch:
         prompts, ids = [prompt()] * batch, text_ids.expand(batch, -1).contiguous().to(device)
-        rows = {"ours": [], "theirs": [], "ours_ttft": [], "theirs_ttft": []}
+        tic = time.perf_counter()
+        time_ours(run, prompts, args.new, device, compile=True)  # compiles for this batch size
+        compile_seconds = time.perf_counter() - tic
+        rows = {"ours": [], "ours_compiled": [], "theirs": [], "ours_ttft": [], "theirs_ttft": []}
         for _ in range(args.repeats):
-            seconds, tokens = time_ours(run, prompts, args.new, device)
-            rows["ours"].append(tokens / seconds)
-            seconds, tokens = time_theirs(theirs, ids, args.new, device)
-            rows["theirs"].append(tokens / seconds)
+            for name in ("ours", "ours_compiled", "theirs"):
+                if name == "theirs":
+                    seconds, tokens = time_theirs(theirs, ids, args.new, device)
+                else:
+                    seconds, tokens = time_ours(run, prompts, args.new, device, compile=name == "ours_compiled")
+                rows[name].append(tokens / seconds)
             rows["ours_ttft"].append(time_ours(run, prompts, 1, device)[0])
             rows["theirs_ttft"].append(time_theirs(theirs, ids, 1, device)[0])
-        results[batch] = {k: statistics.median(v) for k, v in rows.items()}
+        results[batch] = {k: statistics.median(v) for k, v in rows.items()} | {"compile_seconds": compile_seconds}
         r = results[batch]
-        print(f"batch {batch:>3}: ours {r['ours']:8,.0f} tokens/s (first token {r['ours_ttft'] * 1000:6.1f} ms)   "
-              f"transformers {r['theirs']:8,.0f} tokens/s (first token {r['theirs_ttft'] * 1000:6.1f} ms)   "
-              f"{r['ours'] / r['theirs']:.2f}x", flush=True)  # fmt: skip
+        print(f"batch {batch:>3}: ours {r['ours']:8,.0f} tokens/s, compiled {r['ours_compiled']:8,.0f} "
+              f"(first token {r['ours_ttft'] * 1000:6.1f} ms)   transformers {r['theirs']:8,.0f} tokens/s "
+              f"(first token {r['theirs_ttft'] * 1000:6.1f} ms)   {r['ours'] / r['theirs']:.2f}x eager, "
+              f"{r['ours_compiled'] / r['theirs']:.2f}x compiled (compiling took {compile_seconds:.0f} s)",
+              flush=True)  # fmt: skip
     if args.json:
-        info = {"benchmark": "decode", "shape": args.shape, "device": str(device), "torch": torch.__version__,
+        info = {"benchmark": "decode", "shape": args.shape, "dtype": str(dtype), "device": str(device),
+                "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "machine": machine_name(device),
                 "date": time.strftime("%Y-%m-%d"), "prompt_tokens": length, "new_tokens": args.new,
                 "results": results}  # fmt: skip

@@ -21,11 +21,11 @@ for job in "$@"; do
     train-reference)
         timeout 200 python3 benchmarks/train_step.py --device cuda --rounds 3 --steps 10 --warmup 3 \
             --json "$OUT/train_step_cuda.json" 2>&1 | tee "$OUT/train_reference.log" ;;
-    decode)
-        for shape in small tiny; do
-            timeout 150 python3 benchmarks/decode.py --device cuda --shape $shape \
-                --json "$OUT/decode_${shape}_cuda.json" 2>&1 | tee "$OUT/decode_$shape.log"
-        done ;;
+    decode)  # bf16 weights; TORCH_LOGS=perf_hints says if a CUDA graph was skipped, and why
+        TORCH_LOGS=perf_hints timeout 240 python3 benchmarks/decode.py --device cuda --shape small --repeats 2 \
+            --json "$OUT/decode_small_cuda.json" 2>&1 | tee "$OUT/decode_small.log"
+        timeout 100 python3 benchmarks/decode.py --device cuda --shape tiny --batch 1 --repeats 2 \
+            --json "$OUT/decode_tiny_cuda.json" 2>&1 | tee "$OUT/decode_tiny.log" ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
     esac
 done

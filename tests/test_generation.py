@@ -76,6 +76,37 @@ def test_greedy_is_deterministic_batched_equals_single_and_cache_equals_no_cache
         assert [g.ids for g in a] == [g.ids for g in b]
 
 
+@pytest.mark.slow
+def test_compiled_decoding_matches_eager_and_reuses_its_cache(run):
+    greedy = SamplingConfig(temperature=0, max_new_tokens=10)
+    eager = generate(run, prompts(), sampling=greedy, check_direction=False)
+    compiled = generate(run, prompts(), sampling=greedy, check_direction=False, compile=True)
+    cache = run.model.__dict__["_decode_cache"]
+    again = generate(run, prompts(), sampling=greedy, check_direction=False, compile=True)
+    assert [g.ids for g in compiled] == [g.ids for g in eager] == [g.ids for g in again]
+    assert run.model.__dict__["_decode_cache"] is cache  # same size: the same tensors, emptied
+    media = SamplingConfig(temperature=0, guidance_scale=2.0, grid=(2, 2), seed=0)
+    image = generate(run, [Document.of("draw a red circle")], output="image", sampling=media)
+    image_compiled = generate(run, [Document.of("draw a red circle")], output="image", sampling=media, compile=True)
+    assert image[0].ids == image_compiled[0].ids
+
+
+def test_modality_experts_decode_one_token_per_row_as_the_full_forward_does():
+    text = TextTokenizer.train(["what is this? a red square."] * 20, vocab_size=280)
+    codec = DocumentTokenizer.from_tokenizers([text, FourGridImages(), toys.ToyAudioTokenizer()])
+    torch.manual_seed(1)
+    model = Transformer(preset("debug", codec.vocab.size).with_(modality_experts=True)).eval()
+    for expert in model.layers[0].ffn.experts:  # make the experts differ, so that a wrong pick shows
+        torch.nn.init.normal_(expert.w2.weight, std=0.5)
+    experts = Run(model, codec, DIRECTIONS)
+    greedy = SamplingConfig(temperature=0, max_new_tokens=8)
+    for output, sampling in (("text", greedy), ("image", SamplingConfig(temperature=0, grid=(2, 2)))):
+        cached = generate(experts, prompts()[:2], output=output, sampling=sampling, check_direction=False)
+        full = generate(experts, prompts()[:2], output=output, sampling=sampling, check_direction=False,
+                        use_cache=False)  # fmt: skip
+        assert [g.ids for g in cached] == [g.ids for g in full]
+
+
 def test_generated_image_positions_match_the_encoder(run):
     prompt = Document.of("draw a red circle")
     # the toy tokenizer encodes every image on a 2x2 grid: generate one so that it re-encodes alike

@@ -29,6 +29,7 @@ from polymodal.content import Document, Message, Part, Text
 from polymodal.content.document import drop_conditioning
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.model.fusion import LateFusion, MediaInputs, late_fusion_batch
+from polymodal.model.transformer import KVCache, Transformer
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
 from polymodal.tokenizers.sequence import TokenBatch, TokenSequence, pad_batch
@@ -254,8 +255,14 @@ def stream(
     sampling: SamplingConfig | None = None,
     check_direction: bool = True,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> Iterator[Event]:
-    """Decode a batch of prompts, yielding text deltas as they come and each part when it is done."""
+    """Decode a batch of prompts, yielding text deltas as they come and each part when it is done.
+
+    After the prompt, an early-fusion run decodes with :meth:`Transformer.decode_step`, whose shapes
+    never change during a generation; ``compile=True`` runs it through ``torch.compile`` (a CUDA
+    graph on a GPU): the first call of each batch size and cache bucket compiles (seconds), later
+    ones reuse it — for servers and long or repeated generations."""
     sampling = sampling or SamplingConfig()
     if output not in ("text", "image", "audio"):
         raise ConfigError(f"output must be 'text', 'image' or 'audio', got {output!r}")
@@ -283,15 +290,23 @@ def stream(
     batch = batch.to(device)
     media = media.to(device) if media is not None else None
     dtype = next(model.parameters()).dtype
+    static = use_cache and isinstance(model, Transformer)  # one-token steps through decode_step
     capacity = batch.ids.shape[1] + budget + 1
-    cache = model.new_cache(len(sequences), capacity, device=device, dtype=dtype) if use_cache else None
+    if static:  # a few cache sizes only, so that a compiled step is reused across generations
+        capacity = -(-capacity // _CACHE_BUCKET) * _CACHE_BUCKET
+    cache = _new_cache(model, len(sequences), capacity, device, dtype, reuse=compile) if use_cache else None
+    decode_step = _decode_step(model, device, compile) if static else None
     generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
     ids_all, pos_all, mask_all, mod_all = batch.ids, batch.positions, batch.attention_mask, batch.modality
     step_ids, step_pos, step_mask, step_mod = ids_all, pos_all, mask_all, mod_all
+    slot = None  # the cache slot of a decode step's token (set with each step's inputs)
     text_sent = [""] * B
     with torch.no_grad():
         for _ in range(budget):
-            if cache is not None:
+            if decode_step is not None and cache.length > 0:
+                logits = decode_step(step_ids, step_pos, step_mod, step_mask, cache, slot)
+                cache.length += 1
+            elif cache is not None:
                 extra = {"media": media} if media is not None and cache.length == 0 else {}
                 logits = model(step_ids, step_pos, step_mod, step_mask, cache=cache, **extra)[:, -1]
             else:
@@ -317,11 +332,19 @@ def stream(
                 tokens = torch.cat([tokens, tokens])
             if all(r.done for r in rows):
                 break
-            step_ids = tokens.view(-1, 1).to(device)
-            step_pos = torch.tensor(new_pos, dtype=torch.long).view(-1, 1, 3).to(device)
+            # The next step's inputs go to the device in one copy: [ids, t, h, w, modality, valid, slot].
             done = torch.tensor([r.done for r in rows] * (2 if guided else 1))
-            step_mask = (~done).view(-1, 1).to(device)
-            step_mod = vocab.modality_of(step_ids.cpu()).to(device)
+            slot_column = torch.full_like(tokens, cache.length if cache is not None else 0)
+            columns = (
+                tokens,
+                *torch.tensor(new_pos, dtype=torch.long).T,
+                vocab.modality_of(tokens),
+                ~done,
+                slot_column,
+            )
+            step = torch.stack([c.long() for c in columns], 1).to(device)
+            step_ids, step_pos, step_mod = step[:, :1], step[:, 1:4].view(-1, 1, 3), step[:, 4:5]
+            step_mask, slot = step[:, 5:6].bool(), step[0, 6:7]
             if cache is None:  # without a cache every step re-reads the whole sequence
                 ids_all = torch.cat([ids_all, step_ids], 1)
                 pos_all = torch.cat([pos_all, step_pos], 1)
@@ -332,6 +355,39 @@ def stream(
         if output != "text":
             yield PartDone(b, generation.part)
         yield Finished(b, generation)
+
+
+_CACHE_BUCKET = 128  # decode_step's caches hold a multiple of this many tokens
+
+
+def _decode_step(model: Transformer, device: torch.device, compile: bool):  # noqa: ANN202
+    """The model's decode step, with ``compile`` compiled once per model and kept on it."""
+    if not compile:
+        return model.decode_step
+    compiled = model.__dict__.get("_compiled_decode_step")
+    if compiled is None:
+        # On a GPU the step becomes a CUDA graph: one replay per token instead of hundreds of launches.
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        compiled = model.__dict__["_compiled_decode_step"] = torch.compile(model.decode_step, mode=mode, fullgraph=True)
+    return compiled
+
+
+def _new_cache(model: torch.nn.Module, rows: int, capacity: int, device: torch.device, dtype: torch.dtype, *,
+               reuse: bool) -> KVCache:  # fmt: skip
+    """A fresh KV cache; with ``reuse``, the model's previous one if it has the same size, emptied: its
+    tensors keep their addresses, which a captured CUDA graph needs (new ones would mean capturing again)."""
+    old = model.__dict__.get("_decode_cache") if reuse else None
+    if old is not None and old.k.shape[1] == rows and old.max_len == capacity and old.k.dtype == dtype:
+        old.valid.zero_()
+        old.length = 0
+        return old
+    cache = model.new_cache(rows, capacity, device=device, dtype=dtype)
+    if reuse:
+        if device.type == "cuda":
+            for tensor in (cache.k, cache.v, cache.valid):
+                torch._dynamo.mark_static_address(tensor)
+        model.__dict__["_decode_cache"] = cache
+    return cache
 
 
 def _prompt_batch(run: Run, sequences: list[TokenSequence]) -> tuple[TokenBatch, MediaInputs | None]:
@@ -392,13 +448,16 @@ def generate(
     sampling: SamplingConfig | None = None,
     check_direction: bool = True,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> list[Generation]:
-    """Generate one output per prompt (see the module docstring); returns them in prompt order."""
+    """Generate one output per prompt (see the module docstring and :func:`stream`); returns them in
+    prompt order."""
     prompts = [prompts] if isinstance(prompts, Document) else list(prompts)
     results: dict[int, Generation] = {}
     for event in stream(
-        run, prompts, output=output, sampling=sampling, check_direction=check_direction, use_cache=use_cache
-    ):
+        run, prompts, output=output, sampling=sampling, check_direction=check_direction, use_cache=use_cache,
+        compile=compile,
+    ):  # fmt: skip
         if isinstance(event, Finished):
             results[event.index] = event.generation
     return [results[i] for i in range(len(prompts))]

@@ -97,8 +97,17 @@ class KVCache:
         self.valid = torch.zeros(batch_size, self.max_len, device=device, dtype=torch.bool)
         self.length = 0
 
-    def write(self, layer: int, k_BKLH: torch.Tensor, v_BKLH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's keys/values after the cached ones; return all of them ``[B, K, S, H]``."""
+    def write(self, layer: int, k_BKLH: torch.Tensor, v_BKLH: torch.Tensor,
+              slot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Store this step's keys/values after the cached ones; return all of them ``[B, K, S, H]``.
+
+        With ``slot`` (a one-element tensor: where one new token goes) the write is in place at that
+        slot and *every* slot comes back, written or not: shapes that never change, for a compiled
+        decode step (:meth:`Transformer.decode_step`); the mask hides the slots not yet written."""
+        if slot is not None:
+            self.k[layer].index_copy_(2, slot, k_BKLH)
+            self.v[layer].index_copy_(2, slot, v_BKLH)
+            return self.k[layer], self.v[layer]
         end = self.length + k_BKLH.shape[2]
         self.k[layer, :, :, self.length : end] = k_BKLH
         self.v[layer, :, :, self.length : end] = v_BKLH
@@ -115,14 +124,14 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
 
     def forward(self, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int) -> torch.Tensor:  # fmt: skip
+                cache: KVCache | None, layer: int, slot: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         B, L, _ = x_BLD.shape
         q = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.write(layer, k, v)
+            k, v = cache.write(layer, k, v, slot)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_heads != self.n_kv_heads
         )
@@ -150,6 +159,12 @@ class ModalityExperts(nn.Module):
         self.experts = nn.ModuleList(FeedForward(dim, hidden) for _ in range(num_modalities))
 
     def forward(self, x_BLD: torch.Tensor, modality_BL: torch.Tensor) -> torch.Tensor:
+        if x_BLD.shape[1] == 1:
+            # Decoding, one token per row: every expert on every row, then each row's pick. A few rows
+            # cost little, and no shape depends on the data, so the decode step compiles and graphs.
+            every = torch.stack([expert(x_BLD) for expert in self.experts])  # [E, B, 1, D]
+            pick = modality_BL.view(1, -1, 1, 1).expand(1, *x_BLD.shape)
+            return every.gather(0, pick).squeeze(0)
         out = torch.zeros_like(x_BLD)
         for index, expert in enumerate(self.experts):
             # Also with no token of this modality: every expert then gets a (zero) gradient, which data
@@ -170,8 +185,8 @@ class Block(nn.Module):
         else:
             self.ffn = FeedForward(config.dim, config.ffn_dim)
 
-    def forward(self, x, cos, sin, mask, cache, layer, modality):  # noqa: ANN001 (see Transformer.forward)
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, cos, sin, mask, cache, layer, modality, slot=None):  # noqa: ANN001 (see Transformer.forward)
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer, slot)
         h = self.ffn_norm(x)
         return x + (self.ffn(h, modality) if isinstance(self.ffn, ModalityExperts) else self.ffn(h))
 
@@ -249,6 +264,22 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += L
         return x
+
+    def decode_step(self, ids_B1: torch.Tensor, positions_B13: torch.Tensor, modality_B1: torch.Tensor | None,
+                    valid_B1: torch.Tensor, cache: KVCache, slot: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Logits ``[B, V]`` of one new token per row, written to cache slot ``slot`` (a one-element long
+        tensor; ``valid_B1`` False for rows that are done), attending to every valid cached slot.
+
+        Unlike :meth:`forward` with a cache, no shape here depends on how much is cached, so one
+        ``torch.compile`` of this method serves a whole generation (as a CUDA graph with
+        ``mode="reduce-overhead"``). The caller advances ``cache.length``."""
+        cos, sin = self.rotary(positions_B13)
+        cache.valid.index_copy_(1, slot, valid_B1)
+        mask = cache.valid[:, None, None, :]
+        x = self.embed(ids_B1)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, index, modality_B1, slot)
+        return self.logits(x)[:, -1]
 
     def logits(self, x_BLD: torch.Tensor) -> torch.Tensor:
         """Final norm and the head over the whole vocabulary (tied to the embedding or its own)."""
