@@ -359,3 +359,32 @@ def test_losses_by_modality_sum_the_trained_tokens_of_each_modality():
     modality = torch.tensor([[1, 2, 2], [2, 1, 3]])
     tally = losses_by_modality(losses, trained, modality, 4)
     assert tally.tolist() == [[0.0, 0.0], [1.0, 1.0], [6.0, 2.0], [6.0, 1.0]]
+
+
+def test_media_embeddings_start_from_the_code_latents():
+    from polymodal.model import Transformer, preset
+    from polymodal.tokenizers.presets import default_vocabulary_dir
+
+    codec = DocumentTokenizer.load(default_vocabulary_dir())
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", codec.vocab.size))
+    before = model.embed.weight.detach().clone()
+    assert loop.init_media_embeddings(model, codec) == ["image", "audio"]
+    after = model.embed.weight.detach()
+    text = codec.vocab.range("text")
+    assert torch.equal(after[: text.stop], before[: text.stop])  # specials and text untouched
+    for modality in ("image", "audio"):
+        rows = codec.vocab.range(modality)
+        z = codec.tokenizer(modality).code_latents()
+        z = (z - z.mean(0)) / z.std(0)
+        e = after[rows.start : rows.stop]
+        assert e.std().item() == pytest.approx(before[rows.start : rows.stop].std().item(), rel=0.1)
+        # codes whose latents are alike get embeddings alike: the two similarity matrices agree
+        pick = torch.randperm(len(z))[:200]
+        sim_z = torch.nn.functional.normalize(z[pick], dim=1) @ torch.nn.functional.normalize(z[pick], dim=1).T
+        sim_e = torch.nn.functional.normalize(e[pick], dim=1) @ torch.nn.functional.normalize(e[pick], dim=1).T
+        assert torch.corrcoef(torch.stack([sim_z.flatten(), sim_e.flatten()]))[0, 1] > 0.8
+    toy = DocumentTokenizer.from_tokenizers([codec.tokenizer("text"), toys.ToyImageTokenizer()])
+    small = Transformer(preset("debug", toy.vocab.size))
+    kept = small.embed.weight.detach().clone()
+    assert loop.init_media_embeddings(small, toy) == [] and torch.equal(small.embed.weight, kept)

@@ -304,6 +304,7 @@ def stream(
     with torch.no_grad():
         for _ in range(budget):
             if decode_step is not None and cache.length > 0:
+                cache.visible = None if compile else cache.length + 1
                 logits = decode_step(step_ids, step_pos, step_mod, step_mask, cache, slot)
                 cache.length += 1
             elif cache is not None:
@@ -377,14 +378,14 @@ def _new_cache(model: torch.nn.Module, rows: int, capacity: int, device: torch.d
     """A fresh KV cache; with ``reuse``, the model's previous one if it has the same size, emptied: its
     tensors keep their addresses, which a captured CUDA graph needs (new ones would mean capturing again)."""
     old = model.__dict__.get("_decode_cache") if reuse else None
-    if old is not None and old.k.shape[1] == rows and old.max_len == capacity and old.k.dtype == dtype:
+    if old is not None and old.valid.shape == (rows, capacity) and old.k[0].dtype == dtype:
         old.valid.zero_()
         old.length = 0
         return old
     cache = model.new_cache(rows, capacity, device=device, dtype=dtype)
     if reuse:
         if device.type == "cuda":
-            for tensor in (cache.k, cache.v, cache.valid):
+            for tensor in (*cache.k, *cache.v, cache.valid):
                 torch._dynamo.mark_static_address(tensor)
         model.__dict__["_decode_cache"] = cache
     return cache

@@ -91,27 +91,33 @@ class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int | None = None, *,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
         self.max_len = max_len or config.max_seq_len
-        shape = (config.n_layers, batch_size, config.n_kv_heads, self.max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_kv_heads, self.max_len, config.head_dim)
+        # One tensor per layer, not one stacked tensor: a compiled decode step then writes each in place
+        # (a write into a view of one big input can be compiled as a copy of all of it).
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.valid = torch.zeros(batch_size, self.max_len, device=device, dtype=torch.bool)
         self.length = 0
+        # How many slots a decode step reads (None: all). Eager callers set it to the slots in use, so
+        # that attention skips the empty tail; compiled ones leave None, so that no shape changes.
+        self.visible: int | None = None
 
     def write(self, layer: int, k_BKLH: torch.Tensor, v_BKLH: torch.Tensor,
               slot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Store this step's keys/values after the cached ones; return all of them ``[B, K, S, H]``.
 
         With ``slot`` (a one-element tensor: where one new token goes) the write is in place at that
-        slot and *every* slot comes back, written or not: shapes that never change, for a compiled
-        decode step (:meth:`Transformer.decode_step`); the mask hides the slots not yet written."""
+        slot and the first ``visible`` slots come back (all of them when ``visible`` is None: shapes
+        that never change, for a compiled :meth:`Transformer.decode_step`); the mask hides the slots
+        not yet written."""
         if slot is not None:
             self.k[layer].index_copy_(2, slot, k_BKLH)
             self.v[layer].index_copy_(2, slot, v_BKLH)
-            return self.k[layer], self.v[layer]
+            return self.k[layer][:, :, : self.visible], self.v[layer][:, :, : self.visible]
         end = self.length + k_BKLH.shape[2]
-        self.k[layer, :, :, self.length : end] = k_BKLH
-        self.v[layer, :, :, self.length : end] = v_BKLH
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.length : end] = k_BKLH
+        self.v[layer][:, :, self.length : end] = v_BKLH
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class Attention(nn.Module):
@@ -272,10 +278,11 @@ class Transformer(nn.Module):
 
         Unlike :meth:`forward` with a cache, no shape here depends on how much is cached, so one
         ``torch.compile`` of this method serves a whole generation (as a CUDA graph with
-        ``mode="reduce-overhead"``). The caller advances ``cache.length``."""
+        ``mode="reduce-overhead"``). The caller advances ``cache.length`` (and, not compiled, may set
+        ``cache.visible`` to the slots in use)."""
         cos, sin = self.rotary(positions_B13)
         cache.valid.index_copy_(1, slot, valid_B1)
-        mask = cache.valid[:, None, None, :]
+        mask = cache.valid[:, None, None, : cache.visible]
         x = self.embed(ids_B1)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, index, modality_B1, slot)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
@@ -69,6 +70,12 @@ class NeuralTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.model.quantizer.codebook_size
+
+    @torch.no_grad()
+    def code_latents(self) -> torch.Tensor:
+        """``[codes, channels]``: the latent vector the decoder reads for each code (codes alike, latents alike)."""
+        n = self.vocab_size
+        return self.model.quantizer.decode_codes(torch.arange(n).view(1, n))[0].T.contiguous()
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the weights, then the config (each atomically); the config names the weights' shape."""

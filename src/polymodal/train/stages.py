@@ -27,6 +27,7 @@ from polymodal.errors import ConfigError
 OBJECTIVES = ("next_token", "align")
 ARCHITECTURES = ("early", "late")
 PRECISIONS = ("auto", "fp32", "bf16")
+MEDIA_EMBEDDINGS = ("codes", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +90,9 @@ class Recipe:
     model_overrides: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"modality_experts": true}
     vocab: str | None = None  # a vocabulary folder (vocab.json + tokenizers/); None: the built-in one
     init: str | None = None  # a run folder whose weights start training (else random, seeded)
+    # How image/audio code embeddings start (without `init`): "codes" = a random projection of the latent
+    # the tokenizer's decoder reads for each code, so that codes alike start alike; "random" = N(0, 0.02).
+    media_embeddings: str = "codes"
     seed: int = 0
     checkpoint_every: int = 100  # optimizer steps; checkpoints are also written at the end of each stage
     keep_checkpoints: int = 2
@@ -103,6 +107,8 @@ class Recipe:
             raise ConfigError(f"recipe {self.name!r}: architecture must be one of {ARCHITECTURES}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"recipe {self.name!r}: precision must be one of {PRECISIONS}")
+        if self.media_embeddings not in MEDIA_EMBEDDINGS:
+            raise ConfigError(f"recipe {self.name!r}: media_embeddings must be one of {MEDIA_EMBEDDINGS}")
         if not self.stages:
             raise ConfigError(f"recipe {self.name!r} has no stages")
         names = [s.name for s in self.stages]
@@ -211,7 +217,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 # What a resumed run may change: how it is run, not what it computes.
 _RESUMABLE_RECIPE_KEYS = frozenset(
     {"name", "directions", "checkpoint_every", "keep_checkpoints", "compile", "activation_checkpointing", "workers",
-     "tensorboard"}
+     "tensorboard",
+     "media_embeddings"}  # the weights come from the checkpoint: how they started no longer matters
 )  # fmt: skip
 _RESUMABLE_STAGE_KEYS = frozenset({"micro_batch_size", "eval_data", "eval_every", "eval_batches"})
 
