@@ -7,7 +7,15 @@ import toys
 from polymodal import vocab as V
 from polymodal.content import Audio, Document, Image, Text
 from polymodal.errors import ConfigError
-from polymodal.generation import DirectionNotSupportedError, Finished, SamplingConfig, TextDelta, generate, stream
+from polymodal.generation import (
+    DirectionNotSupportedError,
+    Finished,
+    SamplingConfig,
+    TextDelta,
+    _new_cache,  # the decode cache's reuse rules
+    generate,
+    stream,
+)
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
@@ -85,6 +93,18 @@ def test_compiled_decoding_matches_eager_and_reuses_its_cache(run):
     again = generate(run, prompts(), sampling=greedy, check_direction=False, compile=True)
     assert [g.ids for g in compiled] == [g.ids for g in eager] == [g.ids for g in again]
     assert run.model.__dict__["_decode_cache"] is cache  # same size: the same tensors, emptied
+    # two generations in progress at once (a server's streams) never share a cache; a finished or
+    # abandoned one frees its cache for the next
+    held = _new_cache(run.model, 3, 128, torch.device("cpu"), torch.float32, reuse=True)
+    assert held is cache and held.in_use
+    other = _new_cache(run.model, 3, 128, torch.device("cpu"), torch.float32, reuse=True)
+    assert other is not held and run.model.__dict__["_decode_cache"] is held
+    held.in_use = False
+    events = stream(run, prompts(), sampling=greedy, check_direction=False, compile=True)
+    next(events)
+    assert held.in_use
+    events.close()
+    assert not held.in_use
     media = SamplingConfig(temperature=0, guidance_scale=2.0, grid=(2, 2), seed=0)
     image = generate(run, [Document.of("draw a red circle")], output="image", sampling=media)
     image_compiled = generate(run, [Document.of("draw a red circle")], output="image", sampling=media, compile=True)

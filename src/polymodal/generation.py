@@ -301,56 +301,60 @@ def stream(
     step_ids, step_pos, step_mask, step_mod = ids_all, pos_all, mask_all, mod_all
     slot = None  # the cache slot of a decode step's token (set with each step's inputs)
     text_sent = [""] * B
-    with torch.no_grad():
-        for _ in range(budget):
-            if decode_step is not None and cache.length > 0:
-                cache.visible = None if compile else cache.length + 1
-                logits = decode_step(step_ids, step_pos, step_mod, step_mask, cache, slot)
-                cache.length += 1
-            elif cache is not None:
-                extra = {"media": media} if media is not None and cache.length == 0 else {}
-                logits = model(step_ids, step_pos, step_mod, step_mask, cache=cache, **extra)[:, -1]
-            else:
-                extra = {"media": _read_all(media, ids_all.shape[1])} if media is not None else {}
-                logits = model(ids_all, pos_all, mod_all, mask_all, **extra)[:, -1]
-            logits = logits.float().cpu()
-            if guided:
-                cond, uncond = logits[:B], logits[B:]
-                logits = uncond + sampling.guidance_scale * (cond - uncond)
-            allowed = torch.stack([grammar.allowed(r) for r in rows])
-            tokens = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)
-            new_pos = []
-            for b, row in enumerate(rows):
-                token = int(tokens[b]) if not row.done else vocab.pad_id
-                position = grammar.position(row, token) if not row.done else [row.index] * 3
-                if not row.done:
-                    grammar.advance(row, token, position)
-                    if output == "text":
-                        yield from _text_delta(run, b, row, text_sent, sampling)
-                new_pos.append(position)
-            if guided:  # the unconditional rows take the same tokens, shifted to their own positions
-                new_pos += [[v - starts[b] + uncond_starts[b] for v in new_pos[b]] for b in range(B)]
-                tokens = torch.cat([tokens, tokens])
-            if all(r.done for r in rows):
-                break
-            # The next step's inputs go to the device in one copy: [ids, t, h, w, modality, valid, slot].
-            done = torch.tensor([r.done for r in rows] * (2 if guided else 1))
-            slot_column = torch.full_like(tokens, cache.length if cache is not None else 0)
-            columns = (
-                tokens,
-                *torch.tensor(new_pos, dtype=torch.long).T,
-                vocab.modality_of(tokens),
-                ~done,
-                slot_column,
-            )
-            step = torch.stack([c.long() for c in columns], 1).to(device)
-            step_ids, step_pos, step_mod = step[:, :1], step[:, 1:4].view(-1, 1, 3), step[:, 4:5]
-            step_mask, slot = step[:, 5:6].bool(), step[0, 6:7]
-            if cache is None:  # without a cache every step re-reads the whole sequence
-                ids_all = torch.cat([ids_all, step_ids], 1)
-                pos_all = torch.cat([pos_all, step_pos], 1)
-                mask_all = torch.cat([mask_all, step_mask], 1)
-                mod_all = torch.cat([mod_all, step_mod], 1)
+    try:
+        with torch.no_grad():
+            for _ in range(budget):
+                if decode_step is not None and cache.length > 0:
+                    cache.visible = None if compile else cache.length + 1
+                    logits = decode_step(step_ids, step_pos, step_mod, step_mask, cache, slot)
+                    cache.length += 1
+                elif cache is not None:
+                    extra = {"media": media} if media is not None and cache.length == 0 else {}
+                    logits = model(step_ids, step_pos, step_mod, step_mask, cache=cache, **extra)[:, -1]
+                else:
+                    extra = {"media": _read_all(media, ids_all.shape[1])} if media is not None else {}
+                    logits = model(ids_all, pos_all, mod_all, mask_all, **extra)[:, -1]
+                logits = logits.float().cpu()
+                if guided:
+                    cond, uncond = logits[:B], logits[B:]
+                    logits = uncond + sampling.guidance_scale * (cond - uncond)
+                allowed = torch.stack([grammar.allowed(r) for r in rows])
+                tokens = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)
+                new_pos = []
+                for b, row in enumerate(rows):
+                    token = int(tokens[b]) if not row.done else vocab.pad_id
+                    position = grammar.position(row, token) if not row.done else [row.index] * 3
+                    if not row.done:
+                        grammar.advance(row, token, position)
+                        if output == "text":
+                            yield from _text_delta(run, b, row, text_sent, sampling)
+                    new_pos.append(position)
+                if guided:  # the unconditional rows take the same tokens, shifted to their own positions
+                    new_pos += [[v - starts[b] + uncond_starts[b] for v in new_pos[b]] for b in range(B)]
+                    tokens = torch.cat([tokens, tokens])
+                if all(r.done for r in rows):
+                    break
+                # The next step's inputs go to the device in one copy: [ids, t, h, w, modality, valid, slot].
+                done = torch.tensor([r.done for r in rows] * (2 if guided else 1))
+                slot_column = torch.full_like(tokens, cache.length if cache is not None else 0)
+                columns = (
+                    tokens,
+                    *torch.tensor(new_pos, dtype=torch.long).T,
+                    vocab.modality_of(tokens),
+                    ~done,
+                    slot_column,
+                )
+                step = torch.stack([c.long() for c in columns], 1).to(device)
+                step_ids, step_pos, step_mod = step[:, :1], step[:, 1:4].view(-1, 1, 3), step[:, 4:5]
+                step_mask, slot = step[:, 5:6].bool(), step[0, 6:7]
+                if cache is None:  # without a cache every step re-reads the whole sequence
+                    ids_all = torch.cat([ids_all, step_ids], 1)
+                    pos_all = torch.cat([pos_all, step_pos], 1)
+                    mask_all = torch.cat([mask_all, step_mask], 1)
+                    mod_all = torch.cat([mod_all, step_mod], 1)
+    finally:
+        if cache is not None:
+            cache.in_use = False  # free for the next generation
     for b, row in enumerate(rows):
         generation = _finish(run, row, text_sent[b], sampling, len(sequences[b]))
         if output != "text":
@@ -378,12 +382,14 @@ def _new_cache(model: torch.nn.Module, rows: int, capacity: int, device: torch.d
     """A fresh KV cache; with ``reuse``, the model's previous one if it has the same size, emptied: its
     tensors keep their addresses, which a captured CUDA graph needs (new ones would mean capturing again)."""
     old = model.__dict__.get("_decode_cache") if reuse else None
-    if old is not None and old.valid.shape == (rows, capacity) and old.k[0].dtype == dtype:
+    if old is not None and not old.in_use and old.valid.shape == (rows, capacity) and old.k[0].dtype == dtype:
         old.valid.zero_()
         old.length = 0
+        old.in_use = True  # two generations interleaved (a server's streams) never share one
         return old
     cache = model.new_cache(rows, capacity, device=device, dtype=dtype)
-    if reuse:
+    cache.in_use = True
+    if reuse and (old is None or not old.in_use):
         if device.type == "cuda":
             for tensor in (*cache.k, *cache.v, cache.valid):
                 torch._dynamo.mark_static_address(tensor)

@@ -101,6 +101,7 @@ class KVCache:
         # How many slots a decode step reads (None: all). Eager callers set it to the slots in use, so
         # that attention skips the empty tail; compiled ones leave None, so that no shape changes.
         self.visible: int | None = None
+        self.in_use = False  # held by a generation in progress (see polymodal.generation)
 
     def write(self, layer: int, k_BKLH: torch.Tensor, v_BKLH: torch.Tensor,
               slot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
