@@ -3,6 +3,7 @@
 # each under its own time limit, results and logs under $OUT. Missing packages travel as wheels in .whl/.
 #   benchmarks/device.sh train   # the small preset's training step beside transformers, bf16
 #   benchmarks/device.sh decode  # decoding, tiny and small shapes, batch 1/8/32
+#   benchmarks/device.sh media   # media tokenizers and image/speech generation
 set -uo pipefail
 OUT=${OUT:-/tmp/polymodal-bench}
 mkdir -p "$OUT"
@@ -26,6 +27,11 @@ for job in "$@"; do
             --json "$OUT/decode_small_cuda.json" 2>&1 | tee "$OUT/decode_small.log"
         timeout 100 python3 benchmarks/decode.py --device cuda --shape tiny --batch 1 --repeats 2 \
             --json "$OUT/decode_tiny_cuda.json" 2>&1 | tee "$OUT/decode_tiny.log" ;;
+    decode-small-1)  # the small shape at batch 1 only: the GPU target's row
+        timeout 200 python3 benchmarks/decode.py --device cuda --shape small --batch 1 --repeats 3 \
+            --json "$OUT/decode_small_1_cuda.json" 2>&1 | tee "$OUT/decode_small_1.log" ;;
+    media)
+        timeout 150 python3 benchmarks/media.py --device cuda --json "$OUT/media_cuda.json" 2>&1 | tee "$OUT/media.log" ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
     esac
 done
