@@ -195,14 +195,14 @@ class AudioTokenizer(NeuralTokenizer):
     def encode(self, part: Audio) -> TokenSpan:
         if not isinstance(part, Audio):
             raise TypeError(f"the audio tokenizer encodes Audio parts, got {type(part).__name__}")
-        codes = self.model.encode(self.prepare(part).unsqueeze(0))[0]
+        codes = self.model.encode(self.prepare(part).unsqueeze(0).to(self.device))[0].cpu()
         return TokenSpan("audio", codes, Timed(self.tokens_per_second))
 
     @torch.no_grad()
     def decode(self, span: TokenSpan) -> Audio:
         if len(span) == 0:
             raise EmptyMediaError("cannot decode an audio span with no codes")
-        wave = self.model.decode(span.ids.reshape(1, -1))[0]
+        wave = self.model.decode(span.ids.reshape(1, -1).to(self.device))[0].cpu()
         return Audio(wave.clamp(-1, 1).numpy(), SAMPLE_RATE)
 
     # -- training ---------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ class ImageTokenizer(NeuralTokenizer):
         if not isinstance(part, Image):
             raise TypeError(f"the image tokenizer encodes Image parts, got {type(part).__name__}")
         side = self.bucket(part, detail or getattr(part, "detail", None) or "auto")
-        codes = self.model.encode(to_tensor(part, side).unsqueeze(0))[0]
+        codes = self.model.encode(to_tensor(part, side).unsqueeze(0).to(self.device))[0].cpu()
         return TokenSpan("image", codes.reshape(-1), Grid(*codes.shape))
 
     @torch.no_grad()
@@ -244,14 +244,14 @@ class ImageTokenizer(NeuralTokenizer):
         h, w = span.layout.height, span.layout.width
         if len(span) != h * w:
             raise ValueError(f"a {h}x{w} image needs {h * w} codes, got {len(span)}")
-        pixels = self.model.decode(span.ids.reshape(1, h, w))[0]
+        pixels = self.model.decode(span.ids.reshape(1, h, w).to(self.device))[0].cpu()
         return to_image(pixels)
 
     @torch.no_grad()
     def reconstruct(self, images: Sequence[Image], side: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Originals and reconstructions at ``side`` px, both ``[B, 3, side, side]`` in [-1, 1]."""
         batch = torch.stack([to_tensor(im, side) for im in images])
-        return batch, self.model(batch)
+        return batch, self.model(batch.to(self.device)).cpu()
 
     # -- training ---------------------------------------------------------------------------------
 

@@ -71,11 +71,17 @@ class NeuralTokenizer:
     def vocab_size(self) -> int:
         return self.model.quantizer.codebook_size
 
+    @property
+    def device(self) -> torch.device:
+        """Where the autoencoder runs: move it with ``tokenizer.model.to(...)``. Parts and spans stay on
+        the CPU whatever it is (inputs go over, codes and media come back)."""
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def code_latents(self) -> torch.Tensor:
         """``[codes, channels]``: the latent vector the decoder reads for each code (codes alike, latents alike)."""
         n = self.vocab_size
-        return self.model.quantizer.decode_codes(torch.arange(n).view(1, n))[0].T.contiguous()
+        return self.model.quantizer.decode_codes(torch.arange(n, device=self.device).view(1, n))[0].T.cpu()
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the weights, then the config (each atomically); the config names the weights' shape."""

@@ -255,7 +255,7 @@ def quickstart(data: str | os.PathLike, *, vocab: str | None = None, scale: floa
         "digit_caption",
     )  # fmt: skip
     chats = {str(d / "image_qa"): 3.0, str(d / "spoken_image_qa"): 2.0, str(d / "sound_qa"): 1.0,
-             str(d / "video_qa"): 2.0}  # fmt: skip
+             str(d / "video_qa"): 3.0}  # fmt: skip
     directions = (
         "image->text", "text->image", "audio->text", "text->audio", "image+text->text", "image+audio->text",
         "audio+text->text", "video+text->text", "text->text",
