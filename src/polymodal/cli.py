@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -501,11 +502,16 @@ def quickstart_cmd(
     media_tokenizer_steps: Annotated[
         int, typer.Option(help="Train the image and audio tokenizers here, N steps each (0: the built-in ones).", min=0)
     ] = 0,
+    image_size: Annotated[
+        int | None, typer.Option(help="Side of the corpus pictures in pixels (default: the recipe's).", min=16)
+    ] = None,
 ) -> None:
     """The whole CPU recipe: corpus -> tokenizers -> align -> pretrain -> instruct -> held-out questions -> samples."""
     from polymodal.train.quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(scale=scale, seed=seed, workers=workers, media_tokenizer_steps=media_tokenizer_steps)
+    if image_size is not None:
+        config = replace(config, image_size=image_size)
     try:
         report = run_quickstart(out, config, resume=resume, progress=sys.stderr.isatty(), say=typer.echo)
     except (PolymodalError, FileNotFoundError) as exc:

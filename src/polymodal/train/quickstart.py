@@ -62,6 +62,7 @@ class QuickstartConfig:
     text_vocab_size: int = 1024
     max_length: int = 512
     max_objects: int = 2  # objects per picture: the easy end of shapes world (up to 4), learnable in minutes
+    image_size: int = 64  # pictures in pixels (64: 8x8 codes each)
     video_size: int = 32  # video frames in pixels: 4x4 codes each, so that a clip's frames and sound fit max_length
     video_fps: float = 2.0  # frames per second read from the corpus videos (written at 10): 2-4 s clips -> 4-8 frames
     scale: float = 1.0  # multiplies the recipe's steps
@@ -142,8 +143,8 @@ def _pretokenize(job: tuple[Path, Path, Path, int, float]) -> None:
 
 def _corpus(target: Path, kind: str, n: int, split: str, config: QuickstartConfig, progress: bool) -> None:
     if not (target / "manifest.json").is_file():
-        make_shapes(target, n=n, seed=config.seed, kinds=(kind,), split=split, video_size=config.video_size,
-                    max_objects=config.max_objects,
+        make_shapes(target, n=n, seed=config.seed, kinds=(kind,), split=split, image_size=config.image_size,
+                    video_size=config.video_size, max_objects=config.max_objects,
                     workers=config.workers, progress=progress, overwrite=True)  # fmt: skip
 
 
