@@ -379,3 +379,22 @@ def test_video_fps_overrides_the_rate_each_item_asks_for(tmp_path, monkeypatch):
     cache(MediaRef("image", tmp_path / "a.png"))
     runner._MediaCache()(MediaRef("video", tmp_path / "b.mp4", fps=10.0))
     assert opened == [("video", 2.0), ("image", 1.0), ("video", 10.0)]
+
+
+def test_media_size_resizes_pictures_and_video_frames(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from polymodal.content import Image, Video, VideoFrame
+    from polymodal.eval import runner
+    from polymodal.eval.tasks import MediaRef
+
+    picture = Image(PILImage.new("RGB", (64, 48), (200, 10, 10)))
+    clip = Video(tuple(VideoFrame(t / 2, picture) for t in range(3)), None, 1.5)
+    parts = {"image": picture, "video": clip}
+    monkeypatch.setattr(runner.MediaRef, "open", lambda ref: parts[ref.kind])
+    cache = runner._MediaCache(media_size=32)
+    small = cache(MediaRef("image", tmp_path / "a.png"))
+    assert small.size == (32, 24) and small.pixels.getpixel((10, 10)) == (200, 10, 10)
+    frames = cache(MediaRef("video", tmp_path / "a.mp4", fps=2.0)).frames
+    assert [f.image.size for f in frames] == [(32, 24)] * 3 and [f.time for f in frames] == [0.0, 0.5, 1.0]
+    assert runner._MediaCache()(MediaRef("image", tmp_path / "b.png")) is picture  # no media_size: untouched

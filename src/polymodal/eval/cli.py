@@ -54,6 +54,10 @@ def run_cmd(
     video_fps: Annotated[
         float | None, typer.Option(help="Sample videos at this rate (default: as each item says).", min=0.01)
     ] = None,
+    media_size: Annotated[
+        int | None,
+        typer.Option(help="Resize pictures and video frames to this many pixels (e.g. a quickstart run's 32).", min=8),
+    ] = None,
 ) -> None:
     """Evaluate a run on a suite and write report.json, report.md and answers.jsonl."""
     from polymodal.eval.runner import evaluate
@@ -65,7 +69,7 @@ def run_cmd(
         folder = resolve_suite(suite, limit=limit, workers=workers, progress=progress)
         report = evaluate(run_dir, folder, limit=limit, tasks=task, batch_size=batch_size, blind=blind,
                           progress=progress, choice=choice,
-                          video_fps=video_fps)  # fmt: skip
+                          video_fps=video_fps, media_size=media_size)  # fmt: skip
         written = report.write(out or Path(run_dir) / "eval")
     except (PolymodalError, FileNotFoundError) as exc:
         _fail(exc)

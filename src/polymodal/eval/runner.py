@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 import polymodal
-from polymodal.content import Document, Part
+from polymodal.content import Document, Image, Part, Video
 from polymodal.errors import ConfigError
 from polymodal.eval.prompts import CONDITIONS, Prompt, task_prompts
 from polymodal.eval.report import EvalReport, TaskResult, group_scores
@@ -117,10 +118,12 @@ class LikelihoodResponder(LocalResponder):
 
 class _MediaCache:
     """Opened media parts, most recent first: an item's rotations and conditions reuse them.
-    ``video_fps`` samples every video at that rate instead of the item's own."""
+    ``video_fps`` samples every video at that rate instead of the item's own; ``media_size`` resizes
+    every picture and video frame to that many pixels on its longer side (a run trained on small
+    pictures reads the suite's at the size it knows)."""
 
-    def __init__(self, size: int = 64, video_fps: float | None = None) -> None:
-        self.size, self.parts, self.video_fps = size, OrderedDict(), video_fps
+    def __init__(self, size: int = 64, video_fps: float | None = None, media_size: int | None = None) -> None:
+        self.size, self.parts, self.video_fps, self.media_size = size, OrderedDict(), video_fps, media_size
 
     def __call__(self, ref: MediaRef) -> Part:
         if self.video_fps is not None and ref.kind == "video":
@@ -128,10 +131,26 @@ class _MediaCache:
         if ref in self.parts:
             self.parts.move_to_end(ref)
             return self.parts[ref]
-        part = self.parts[ref] = ref.open()
+        part = self.parts[ref] = _resized(ref.open(), self.media_size)
         if len(self.parts) > self.size:
             self.parts.popitem(last=False)
         return part
+
+
+def _resized(part: Part, side: int | None) -> Part:
+    def image(im: Image) -> Image:
+        w, h = im.size
+        if side is None or max(w, h) == side:
+            return im
+        scale = side / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return replace(im, pixels=im.pixels.resize(size, PILImage.BICUBIC))
+
+    if isinstance(part, Image):
+        return image(part)
+    if isinstance(part, Video):
+        return replace(part, frames=tuple(replace(f, image=image(f.image)) for f in part.frames))
+    return part
 
 
 def ask(
@@ -142,10 +161,11 @@ def ask(
     chunk: int = 64,
     progress: bool = False,
     video_fps: float | None = None,
+    media_size: int | None = None,
 ) -> list[str]:
     """The responder's answers to ``prompts``, asked ``chunk`` at a time (media opened per chunk)."""
     settings = GenerationSettings(max_new_tokens=task.spec.max_new_tokens)
-    cache = _MediaCache(video_fps=video_fps)
+    cache = _MediaCache(video_fps=video_fps, media_size=media_size)
     answers: list[str] = []
     with tqdm(total=len(prompts), desc=task.name, unit="prompt", disable=not progress) as bar:
         for start in range(0, len(prompts), chunk):
@@ -234,6 +254,7 @@ def evaluate_responder(
     progress: bool = False,
     settings: dict | None = None,
     video_fps: float | None = None,
+    media_size: int | None = None,
 ) -> EvalReport:
     """Ask every task of ``suite`` (its first ``limit`` items each) to ``responder`` and score it.
 
@@ -250,7 +271,7 @@ def evaluate_responder(
             continue
         prompts = task_prompts(task, blind=blind)
         try:
-            said = ask(responder, task, prompts, progress=progress, video_fps=video_fps)
+            said = ask(responder, task, prompts, progress=progress, video_fps=video_fps, media_size=media_size)
         except DirectionNotSupportedError as exc:
             skipped[task.name] = str(exc)
             continue
@@ -259,7 +280,8 @@ def evaluate_responder(
         score = score_multiple_choice_task if task.spec.output == "multiple_choice" else score_text_task
         results.append(score(task, rows))
     info = {"name": suite.name, "path": str(suite.path), **{k: v for k, v in suite.info.items() if k != "name"}}
-    settings = {"temperature": 0.0, "limit": limit, "blind": blind, "video_fps": video_fps, **(settings or {})}
+    settings = {"temperature": 0.0, "limit": limit, "blind": blind, "video_fps": video_fps, "media_size": media_size,
+                **(settings or {})}  # fmt: skip
     versions = {"polymodal": polymodal.__version__, "jiwer": _version("jiwer")}
     return EvalReport(suite=info, model=model_name, settings=settings, versions=versions, tasks=results,
                       skipped=skipped, answers=answers)  # fmt: skip
@@ -277,6 +299,7 @@ def evaluate(
     progress: bool = False,
     choice: str = "generate",
     video_fps: float | None = None,
+    media_size: int | None = None,
 ) -> EvalReport:
     """Evaluate a run (loaded, or its folder) on a suite folder with :class:`LocalResponder`, or with
     :class:`LikelihoodResponder` when ``choice="likelihood"``."""
@@ -288,7 +311,7 @@ def evaluate(
     responder = kind(loaded, batch_size=batch_size, check_direction=check_direction)
     return evaluate_responder(responder, suite, limit=limit, tasks=tasks, blind=blind, model_name=name,
                               progress=progress, settings={"batch_size": batch_size, "choice": choice},
-                              video_fps=video_fps)  # fmt: skip
+                              video_fps=video_fps, media_size=media_size)  # fmt: skip
 
 
 def _version(package: str) -> str:

@@ -62,7 +62,7 @@ class QuickstartConfig:
     text_vocab_size: int = 1024
     max_length: int = 512
     max_objects: int = 2  # objects per picture: the easy end of shapes world (up to 4), learnable in minutes
-    image_size: int = 64  # pictures in pixels (64: 8x8 codes each)
+    image_size: int = 32  # pictures in pixels: 4x4 codes each, read in minutes (64 px: 8x8 codes, read less well)
     video_size: int = 32  # video frames in pixels: 4x4 codes each, so that a clip's frames and sound fit max_length
     video_fps: float = 2.0  # frames per second read from the corpus videos (written at 10): 2-4 s clips -> 4-8 frames
     scale: float = 1.0  # multiplies the recipe's steps
