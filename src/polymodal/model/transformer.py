@@ -166,9 +166,10 @@ class ModalityExperts(nn.Module):
         self.experts = nn.ModuleList(FeedForward(dim, hidden) for _ in range(num_modalities))
 
     def forward(self, x_BLD: torch.Tensor, modality_BL: torch.Tensor) -> torch.Tensor:
-        if x_BLD.shape[1] == 1:
-            # Decoding, one token per row: every expert on every row, then each row's pick. A few rows
-            # cost little, and no shape depends on the data, so the decode step compiles and graphs.
+        if x_BLD.shape[1] == 1 and torch.compiler.is_compiling():
+            # A compiled decode step (one token per row): every expert on every row, then each row's
+            # pick. No shape depends on the data, so the step compiles and becomes one CUDA graph; eager
+            # decoding takes the path below, where each row costs one expert, not all of them.
             every = torch.stack([expert(x_BLD) for expert in self.experts])  # [E, B, 1, D]
             pick = modality_BL.view(1, -1, 1, 1).expand(1, *x_BLD.shape)
             return every.gather(0, pick).squeeze(0)
