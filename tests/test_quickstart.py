@@ -28,8 +28,11 @@ def test_quickstart_end_to_end_at_a_tiny_scale(tmp_path):
         assert sum(row["accuracy"] * row["questions"] for row in rows) == pytest.approx(3 * report.accuracy[kind])
         assert sum(row["blind"] * row["questions"] for row in rows) == pytest.approx(3 * report.blind[kind])
     assert "sound audio/sound-event" in report.by_ability and "by ability" in report.format()
+    steps = ["corpus", "tokenizers", "pretokenize", "train", "questions", "samples"]
+    assert list(report.seconds) == steps and all(v >= 0 for v in report.seconds.values())
+    assert report.seconds["train"] > 0 and "wall time: corpus" in report.format()
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
-    assert saved["accuracy"] == report.accuracy and saved["chance"] == 0.25
+    assert saved["accuracy"] == report.accuracy and saved["chance"] == 0.25 and saved["seconds"] == report.seconds
     run = Run.load(tmp_path / "qs")
     assert run.tokenizer.vocab.range("text").size == 300 and "video+text->text" in run.directions
     for kind in ("image", "audio"):  # trained here, 3 steps each, and used by the vocabulary

@@ -25,6 +25,7 @@ import itertools
 import json
 import multiprocessing
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,7 @@ class QuickstartReport:
     samples: list[str]
     # "image perception/colour" -> {"questions": n, "accuracy": ..., "blind": ...}: which abilities the scores come from
     by_ability: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step ("corpus", "train" …) of this call
 
     def format(self) -> str:
         lines = [f"held-out questions, {self.questions} per input kind (4 options, chance {self.chance:.0%}):",
@@ -90,6 +92,8 @@ class QuickstartReport:
             lines.append(f"  {'by ability':<36} {'n':>4} {'accuracy':>8} {'without':>8}")
             for name, row in self.by_ability.items():
                 lines.append(f"  {name:<36} {row['questions']:4d} {row['accuracy']:8.1%} {row['blind']:8.1%}")
+        if self.seconds:
+            lines.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         return "\n".join(lines)
 
 
@@ -100,14 +104,25 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out} is not empty: choose a new folder, or pass --resume to continue a quickstart there")
     data = out / "data"
-    say("1/6 corpus")
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter(), None]
+
+    def step(name: str, line: str) -> None:  # a step begins: the one before it ends
+        now = time.perf_counter()
+        if clock[1] is not None:
+            seconds[clock[1]] = round(now - clock[0], 1)
+        clock[:] = [now, name]
+        if line:
+            say(line)
+
+    step("corpus", "1/6 corpus")
     for kind, n in config.corpus.items():
         _corpus(data / "corpus" / kind, kind, n, "train", config, progress)
     for kind in QUESTIONS.values():
         _corpus(data / "test" / kind, kind, config.test_questions, "test", config, progress)
-    say("2/6 tokenizers")
+    step("tokenizers", "2/6 tokenizers")
     vocab_dir = _vocabulary(data, config)
-    say("3/6 pretokenize")
+    step("pretokenize", "3/6 pretokenize")
     todo = [kind for kind in config.corpus if not (data / "tok" / kind / META_FILENAME).is_file()]
     jobs = [(data / "corpus" / kind, vocab_dir, data / "tok" / kind, config.max_length, config.video_fps)
             for kind in todo]  # fmt: skip
@@ -117,17 +132,19 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
     else:
         for job in jobs:
             _pretokenize(job)
-    say("4/6 train: align -> pretrain -> instruct")
+    step("train", "4/6 train: align -> pretrain -> instruct")
     recipe = quickstart_recipe(data / "tok", vocab=str(vocab_dir), scale=config.scale)
     recipe = recipe.with_(seed=config.seed)
     trainer = Trainer(recipe, out / "train", resume=(out / "train" / TRAIN_FILENAME).is_file(), progress=progress,
                       run_dir=out / "run")  # fmt: skip
     run = trainer.fit()
-    say("5/6 held-out questions")
+    step("questions", "5/6 held-out questions")
     report = evaluate_questions(run, data / "test", config.test_questions, video_fps=config.video_fps)
-    say("6/6 samples")
+    step("samples", "6/6 samples")
     samples = write_samples(run, data / "test", out / "samples", video_fps=config.video_fps)
     report.samples = [str(p.relative_to(out)) for p in samples]
+    step("", "")  # the last step ends
+    report.seconds = seconds
     write_text_atomic(out / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     return report
 
