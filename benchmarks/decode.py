@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
+from common import machine_name, sync
 from PIL import Image as PILImage
 
 from polymodal.content import Document, Image
@@ -63,15 +63,6 @@ def build(device: torch.device, shape: str) -> tuple[Run, torch.nn.Module]:
 def prompt() -> Document:
     pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     return Document.chat(("user", [Image(PILImage.fromarray(pixels)), PROMPT_TEXT]))
-
-
-def machine_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_ours(run: Run, prompts: list[Document], new: int, device: torch.device,

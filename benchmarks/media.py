@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from common import machine_name, sync
 
 from polymodal.content import Document
 from polymodal.generation import SamplingConfig, generate
@@ -37,21 +37,15 @@ from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.presets import default_vocabulary_dir
 
 
-def machine_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median seconds of ``fn`` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         tic = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - tic)
     return statistics.median(times)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from common import machine_name, sync
 
 from polymodal.model import Transformer
 from polymodal.model.config import ModelConfig
@@ -155,15 +155,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
         sync(device)
         times.append(time.perf_counter() - tic)
     return 2 * n**3 / statistics.median(times[3:])
-
-
-def machine_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
