@@ -229,3 +229,23 @@ def test_conditioning_dropout_matches_the_unconditional_branch(run):
     assert training_prefix.ids[: len(uncond)].tolist() == uncond.ids.tolist()
     plain = drop_conditioning(Document.of("draw a red circle", red()))
     assert plain.parts[0] == Text("") and isinstance(plain.parts[1], Image)
+
+
+def test_rows_finish_as_soon_as_they_are_done_and_cancelled_rows_stop(run):
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=30)
+    docs = [Document.of("draw a red circle"), Document.of("say"), Document.of("what is this?")]
+    alone = [generate(run, d, sampling=sampling)[0] for d in docs]
+    events = list(stream(run, docs, sampling=sampling))
+    order = [e.index for e in events if isinstance(e, Finished)]
+    # a row's Finished comes right after its last token: shorter answers finish first
+    assert order == sorted(range(3), key=lambda b: (alone[b].finish_reason == "length", len(alone[b].ids), b))
+    cancelled: set[int] = set()
+    seen = []
+    for event in stream(run, docs, sampling=sampling, cancelled=cancelled):
+        seen.append(event)
+        if isinstance(event, TextDelta) and event.index == 0:
+            cancelled.add(0)  # the client of row 0 went away after its first delta
+    assert [e for e in seen if isinstance(e, TextDelta) and e.index == 0][1:] == []
+    assert not any(isinstance(e, Finished) and e.index == 0 for e in seen)
+    others = {e.index: e.generation for e in seen if isinstance(e, Finished)}
+    assert {b: g.ids for b, g in others.items()} == {1: alone[1].ids, 2: alone[2].ids}

@@ -17,7 +17,7 @@ Knows nothing of HTTP or files: it returns content parts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -256,8 +256,14 @@ def stream(
     check_direction: bool = True,
     use_cache: bool = True,
     compile: bool = False,
+    cancelled: Container[int] = (),
 ) -> Iterator[Event]:
-    """Decode a batch of prompts, yielding text deltas as they come and each part when it is done.
+    """Decode a batch of prompts, yielding text deltas as they come and each row's part and
+    :class:`Finished` as soon as that row is done (rows that run out of budget finish last).
+
+    ``cancelled`` holds the indices of rows whose output is no longer wanted; the caller may add to
+    it while iterating (a server adds the requests whose clients went away): such a row stops at the
+    next step and yields nothing more, and the batch stops once every row is done or cancelled.
 
     After the prompt, an early-fusion run decodes with :meth:`Transformer.decode_step`, whose shapes
     never change during a generation; ``compile=True`` runs it through ``torch.compile`` (a CUDA
@@ -301,6 +307,7 @@ def stream(
     step_ids, step_pos, step_mask, step_mod = ids_all, pos_all, mask_all, mod_all
     slot = None  # the cache slot of a decode step's token (set with each step's inputs)
     text_sent = [""] * B
+    finished = [False] * B
     try:
         with torch.no_grad():
             for _ in range(budget):
@@ -322,12 +329,17 @@ def stream(
                 tokens = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)
                 new_pos = []
                 for b, row in enumerate(rows):
+                    if not row.done and b in cancelled:
+                        row.done, row.finish_reason, finished[b] = True, "cancelled", True
                     token = int(tokens[b]) if not row.done else vocab.pad_id
                     position = grammar.position(row, token) if not row.done else [row.index] * 3
                     if not row.done:
                         grammar.advance(row, token, position)
                         if output == "text":
                             yield from _text_delta(run, b, row, text_sent, sampling)
+                        if row.done:
+                            finished[b] = True
+                            yield from _finished(run, b, row, text_sent[b], sampling, len(sequences[b]))
                     new_pos.append(position)
                 if guided:  # the unconditional rows take the same tokens, shifted to their own positions
                     new_pos += [[v - starts[b] + uncond_starts[b] for v in new_pos[b]] for b in range(B)]
@@ -356,10 +368,15 @@ def stream(
         if cache is not None:
             cache.in_use = False  # free for the next generation
     for b, row in enumerate(rows):
-        generation = _finish(run, row, text_sent[b], sampling, len(sequences[b]))
-        if output != "text":
-            yield PartDone(b, generation.part)
-        yield Finished(b, generation)
+        if not finished[b] and b not in cancelled:
+            yield from _finished(run, b, row, text_sent[b], sampling, len(sequences[b]))
+
+
+def _finished(run: Run, b: int, row: _Row, sent: str, sampling: SamplingConfig, prompt_tokens: int) -> Iterator[Event]:
+    generation = _finish(run, row, sent, sampling, prompt_tokens)
+    if row.output != "text":
+        yield PartDone(b, generation.part)
+    yield Finished(b, generation)
 
 
 _CACHE_BUCKET = 128  # decode_step's caches hold a multiple of this many tokens
