@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -37,6 +37,13 @@ from polymodal.tokenizers.base import Grid, ModalityTokenizer, Sequential, Timed
 from polymodal.tokenizers.sequence import TokenSequence
 from polymodal.tokenizers.video import AudioSegment, FrameSegment, VideoTokenizer
 from polymodal.vocab import Vocabulary
+
+
+class SpanCache(Protocol):
+    """What :attr:`DocumentTokenizer.span_cache` needs: the encoding of ``part``, from the cache or
+    from ``encode()`` (then kept). A server's implementation is :class:`polymodal.serve.cache.MediaCache`."""
+
+    def get_or_encode(self, part: Part, encode: Callable[[], Any]) -> Any: ...
 
 TOKENIZERS_DIRNAME = "tokenizers"
 Truncation = Literal["error", "right", "left"]
@@ -94,6 +101,8 @@ class DocumentTokenizer:
 
     def __init__(self, vocab: Vocabulary, tokenizers: Mapping[str, ModalityTokenizer | str | os.PathLike]) -> None:
         self.vocab = vocab
+        # Encoded media by part, for callers that see the same media again (a server); None: no cache.
+        self.span_cache: SpanCache | None = None
         self._sources = dict(tokenizers)
         self._loaded: dict[str, ModalityTokenizer] = {}
         for modality, source in self._sources.items():
@@ -249,6 +258,11 @@ class DocumentTokenizer:
             builder.special(V.END_OF_TURN, weight)
         return weight
 
+    def _encoded(self, part: Part, encode: Callable[[], Any]) -> Any:
+        if self.span_cache is None or isinstance(part, Text):
+            return encode()
+        return self.span_cache.get_or_encode(part, encode)
+
     def _check_video_cost(self, document: Document, max_length: int) -> None:
         """Refuse, before decoding-heavy work, videos whose frames alone cannot fit."""
         for part in document.parts:
@@ -267,7 +281,7 @@ class DocumentTokenizer:
         if modality == "video":
             self._encode_video(builder, part, weight)
             return
-        span = self.tokenizer(modality).encode(part)
+        span = self._encoded(part, lambda: self.tokenizer(modality).encode(part))
         ids = self.vocab.to_global(span.modality, span.ids)
         tau = self.vocab.time_units_per_second
         if modality == "text":
@@ -281,7 +295,7 @@ class DocumentTokenizer:
         builder.special(end, weight, cuttable=False)
 
     def _encode_video(self, builder: _Builder, video: Video, weight: float) -> None:
-        segments = self._video_tokenizer().encode(video)
+        segments = self._encoded(video, lambda: self._video_tokenizer().encode(video))
         tau = self.vocab.time_units_per_second
         builder.special(V.VIDEO_START, weight)
         origin = builder.index  # second 0 of the video's clock

@@ -1,0 +1,303 @@
+"""The OpenAI-compatible server, driven by the official ``openai`` client against a tiny run."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+import torch
+import uvicorn
+from PIL import Image as PILImage
+
+import toys
+from polymodal.content import Audio, Document, Image
+from polymodal.generation import SamplingConfig, generate
+from polymodal.model import Transformer, preset
+from polymodal.run import Run
+from polymodal.serve import ServeConfig, create_app
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.text import TextTokenizer
+
+DIRECTIONS = ("text->text", "text->image", "text->audio", "image+text->text", "audio+text->text", "audio->text")
+
+
+class FourGridImages(toys.ToyImageTokenizer):
+    grids = ((2, 2), (3, 3))
+
+
+def tiny_run(directions: tuple[str, ...] = DIRECTIONS) -> Run:
+    text = TextTokenizer.train(["draw a red circle and say hello, what is this? a square."] * 40, vocab_size=300)
+    codec = DocumentTokenizer.from_tokenizers([text, FourGridImages(), toys.ToyAudioTokenizer()])
+    torch.manual_seed(0)
+    return Run(Transformer(preset("debug", codec.vocab.size)).eval(), codec, directions)
+
+
+class Served:
+    """A uvicorn server on a free local port, in a thread, for the length of a test module."""
+
+    def __init__(self, run: Run, config: ServeConfig) -> None:
+        self.app = create_app(run, config)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+    @property
+    def engine(self):  # noqa: ANN201
+        return self.app.state.server.engine
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    return tiny_run()
+
+
+@pytest.fixture(scope="module")
+def served(run):  # noqa: ANN201
+    s = Served(run, ServeConfig(model_name="tiny", max_completion_tokens=24, max_images=2, max_queue=128))
+    yield s
+    s.stop()
+
+
+def raw(served: Served, method: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict, bytes]:
+    """A raw request (status, headers, body), for what the official client never sends."""
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    connection.request(method, path, body=data, headers={"content-type": "application/json"} if data else {})
+    reply = connection.getresponse()
+    result = reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+    connection.close()
+    return result
+
+
+def png_url(colour=(255, 0, 0), size: int = 8) -> str:
+    out = io.BytesIO()
+    PILImage.new("RGB", (size, size), colour).save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    out = io.BytesIO()
+    sf.write(out, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, format="WAV")
+    return out.getvalue()
+
+
+def ask(served: Served, content, **kwargs):  # noqa: ANN001, ANN201
+    return served.client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": content}], **kwargs
+    )
+
+
+def image_question(colour=(255, 0, 0)) -> list[dict]:
+    return [{"type": "image_url", "image_url": {"url": png_url(colour), "detail": "low"}},
+            {"type": "text", "text": "what is this?"}]  # fmt: skip
+
+
+def test_models_lists_and_retrieves_the_served_model(served):
+    models = served.client.models.list()
+    assert [m.id for m in models.data] == ["tiny"] and models.data[0].object == "model"
+    assert served.client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        served.client.models.retrieve("gpt-4o")
+
+
+def test_chat_answers_as_generate_does_with_usage_by_modality(served, run):
+    reply = ask(served, image_question(), temperature=0, max_tokens=12)
+    document = Document.chat(("user", [Image(PILImage.new("RGB", (8, 8), (255, 0, 0)), detail="low"), "what is this?"]))
+    expected = generate(run, document, sampling=SamplingConfig(temperature=0, max_new_tokens=12))[0]
+    assert reply.choices[0].message.content == expected.part.text
+    assert reply.choices[0].finish_reason == ("length" if expected.finish_reason == "length" else "stop")
+    prompt = run.tokenizer.encode(document, add_generation_prompt=True, add_eos=False)
+    images = int((prompt.modality == run.tokenizer.vocab.modalities.index("image")).sum())
+    usage = reply.usage
+    assert usage.prompt_tokens == len(prompt) and usage.prompt_tokens_details.image_tokens == images > 0
+    assert usage.completion_tokens == len(expected.ids) and usage.total_tokens == len(prompt) + len(expected.ids)
+    assert reply.object == "chat.completion" and reply.model == "tiny" and reply.id.startswith("chatcmpl-")
+
+
+def test_streamed_deltas_add_up_to_the_answer_with_a_final_usage_chunk(served):
+    whole = ask(served, "what is this?", temperature=0, max_tokens=16).choices[0].message.content
+    chunks = list(ask(served, "what is this?", temperature=0, max_tokens=16, stream=True,
+                      stream_options={"include_usage": True}))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_n_choices_and_seeds_reproduce(served):
+    a = ask(served, "say", n=3, temperature=1.0, seed=7, max_tokens=10)
+    b = ask(served, "say", n=3, temperature=1.0, seed=7, max_tokens=10)
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+
+
+def test_audio_out_carries_speech_and_its_transcript(served):
+    reply = ask(served, "say hello", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+                temperature=0, max_tokens=8)  # fmt: skip
+    message = reply.choices[0].message
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(message.audio.data)))
+    assert rate > 0 and len(samples) > 0 and message.audio.transcript == message.content
+    assert reply.usage.completion_tokens_details.audio_tokens > 0
+    chunks = list(ask(served, "say hello", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+                      temperature=0, max_tokens=8, stream=True))  # fmt: skip
+    pcm = b"".join(base64.b64decode(_field(c.choices[0].delta.audio, "data")) for c in chunks
+                   if c.choices and getattr(c.choices[0].delta, "audio", None))  # fmt: skip
+    assert len(pcm) > 0 and len(pcm) % 2 == 0
+
+
+def test_images_speech_and_transcriptions(served):
+    images = served.client.images.generate(
+        model="tiny", prompt="draw a red circle", n=2, size="3x3", extra_body={"seed": 1}
+    )
+    pictures = [PILImage.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in images.data]
+    assert len(pictures) == 2 and all(p.size == (3, 3) for p in pictures)
+    with pytest.raises(openai.BadRequestError, match="size"):
+        served.client.images.generate(model="tiny", prompt="draw", size="1024x1024")
+    speech = served.client.audio.speech.create(model="tiny", voice="alloy", input="say hello", response_format="wav")
+    samples, rate = sf.read(io.BytesIO(speech.content))
+    assert len(samples) > 0 and rate > 0
+    text = served.client.audio.transcriptions.create(model="tiny", file=("a.wav", wav_bytes()))
+    expected = generate(served.app.state.server.run, Document.of(Audio.from_bytes(wav_bytes())),
+                        sampling=SamplingConfig(temperature=0, max_new_tokens=24))[0].part.text  # fmt: skip
+    assert text.text == expected.strip()
+    verbose = served.client.audio.transcriptions.create(model="tiny", file=("a.wav", wav_bytes()),
+                                                        response_format="verbose_json")  # fmt: skip
+    assert verbose.duration == pytest.approx(0.5) and verbose.text == text.text
+
+
+def test_embeddings_decode_from_base64_and_match_floats(served, run):
+    base = served.client.embeddings.create(model="tiny", input=["a red circle", "say hello"])  # base64 by default
+    floats = served.client.embeddings.create(model="tiny", input=["a red circle", "say hello"], encoding_format="float")
+    a = np.array([d.embedding for d in base.data])
+    assert a.shape == (2, run.model.config.dim) and np.allclose(a, [d.embedding for d in floats.data], atol=1e-6)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5) and not np.allclose(a[0], a[1])
+    image = served.client.embeddings.create(
+        model="tiny", input=[{"type": "image_url", "image_url": {"url": png_url()}}]
+    )
+    assert len(image.data[0].embedding) == run.model.config.dim
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        served.client.embeddings.create(model="tiny", input="x", dimensions=3)
+
+
+def test_bad_requests_get_the_right_status_and_name_the_problem(served):
+    bad_png = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()
+    cases = [
+        (openai.NotFoundError, lambda: served.client.chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "hi"}]), "nope"),
+        (openai.BadRequestError, lambda: ask(served, [{"type": "hologram", "hologram": {}}]), "hologram"),
+        (openai.BadRequestError, lambda: ask(served, [{"type": "image_url", "image_url": {
+            "url": "data:image/png;base64,@@@"}}]), "base64"),
+        (openai.UnprocessableEntityError, lambda: ask(served, [{"type": "image_url", "image_url": {
+            "url": bad_png}}]), "image_url"),
+        (openai.BadRequestError, lambda: ask(served, image_question() * 3), "max_images"),
+        (openai.BadRequestError, lambda: ask(served, [{"type": "image_url", "image_url": {
+            "url": "https://example.com/a.png"}}]), "not allowed"),
+        (openai.BadRequestError, lambda: ask(served, "hi", tools=[{"type": "function", "function": {"name": "f"}}]),
+         "tool"),
+        (openai.BadRequestError, lambda: ask(served, "hi", max_tokens=10_000), "max_tokens"),
+        (openai.BadRequestError, lambda: ask(served, "hi", temperature=7), "temperature"),
+    ]  # fmt: skip
+    for error, call, named in cases:
+        with pytest.raises(error, match=named) as caught:
+            call()
+        assert caught.value.body["message"]  # OpenAI's error shape: {"error": {"message", "type", ...}}
+    status, _, body = raw(served, "POST", "/v1/chat/completions", b"x" * (33 * 2**20))
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    assert json.loads(raw(served, "GET", "/health")[2])["status"] == "ok"
+
+
+def test_directions_the_run_never_learned_are_refused(tmp_path):
+    s = Served(tiny_run(("text->text",)), ServeConfig(model_name="tiny"))
+    try:
+        with pytest.raises(openai.BadRequestError, match="text->audio"):
+            s.client.audio.speech.create(model="tiny", voice="alloy", input="hello")
+        with pytest.raises(openai.BadRequestError, match="image"):
+            ask(s, image_question())
+        assert ask(s, "hi", max_tokens=3).choices[0].message.content is not None  # what it learned still works
+    finally:
+        s.stop()
+
+
+def test_repeated_media_comes_from_the_cache(served):
+    first = ask(served, image_question((1, 2, 3)), max_tokens=2)
+    second = ask(served, image_question((1, 2, 3)), max_tokens=2)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens_details.image_tokens > 0
+    tagged = [{"type": "image_url", "image_url": {"url": png_url((9, 9, 9))}, "uuid": "pic-1"}, "what?"]
+    tagged[1] = {"type": "text", "text": "what?"}
+    ask(served, tagged, max_tokens=2)
+    again = ask(served, [{"type": "image_url", "image_url": None, "uuid": "pic-1"}, {"type": "text", "text": "what?"}],
+                max_tokens=2)  # no data: the uuid names what the server has seen  # fmt: skip
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    metrics = raw(served, "GET", "/metrics")[2].decode()
+    assert 'polymodal_media_cache_total{result="hit",table="span"}' in metrics
+
+
+def test_concurrent_requests_are_all_answered_in_shared_batches(served):
+    before = _batch_rows(served)
+    with ThreadPoolExecutor(64) as pool:
+        replies = list(pool.map(lambda k: ask(served, "what is this?", temperature=0, max_tokens=6), range(64)))
+    assert len({r.choices[0].message.content for r in replies}) == 1  # greedy: batched equals alone
+    rows, batches = (a - b for a, b in zip(_batch_rows(served), before, strict=True))
+    assert rows == 64 and batches < 64  # some requests shared a forward pass
+    assert served.engine.depth == 0
+
+
+def _field(obj, name: str):  # noqa: ANN001, ANN202 (the client types audio deltas in newer versions)
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+
+
+def _batch_rows(served: Served) -> tuple[float, float]:
+    text = raw(served, "GET", "/metrics")[2].decode()
+    values = {
+        line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("polymodal_batch")
+    }
+    return values["polymodal_batch_rows_sum"], values["polymodal_batch_rows_count"]
+
+
+def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(run):
+    s = Served(run, ServeConfig(model_name="tiny", max_queue=1, max_completion_tokens=512, retry_after_s=2))
+    try:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "say"}], "stream": True, "max_tokens": 500,
+                "temperature": 1.0}  # fmt: skip
+        streaming = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        streaming.request(
+            "POST", "/v1/chat/completions", body=json.dumps(body), headers={"content-type": "application/json"}
+        )
+        reply = streaming.getresponse()
+        assert json.loads(reply.readline()[6:])["choices"][0]["delta"]["role"] == "assistant"
+        status, headers, _ = raw(s, "POST", "/v1/chat/completions", {**body, "stream": False})
+        assert status == 429 and headers["retry-after"] == "2"
+        streaming.close()  # the streaming client goes away: its slot frees without waiting for 500 tokens
+        deadline = time.monotonic() + 10
+        while s.engine.depth and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.engine.depth == 0
+        assert raw(s, "POST", "/v1/chat/completions", {**body, "stream": False, "max_tokens": 2})[0] == 200
+    finally:
+        s.stop()
