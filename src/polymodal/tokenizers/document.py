@@ -45,6 +45,7 @@ class SpanCache(Protocol):
 
     def get_or_encode(self, part: Part, encode: Callable[[], Any]) -> Any: ...
 
+
 TOKENIZERS_DIRNAME = "tokenizers"
 Truncation = Literal["error", "right", "left"]
 
