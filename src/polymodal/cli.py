@@ -353,6 +353,47 @@ def generate(
     typer.echo(f"{output} -> {path} ({len(result.ids)} tokens, {result.finish_reason})", err=True)
 
 
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or a training folder: its latest run).")],
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model id clients name (default: the run folder's name).")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' (repeatable).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A JSON file of ServeConfig fields: limits, batching, allowed domains ...")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    compile: Annotated[bool, typer.Option(help="torch.compile the decode step (worth it on a GPU).")] = False,
+) -> None:
+    """Serve a run behind an OpenAI-compatible API (needs the serve extra: pip install 'polymodal\\[serve]')."""
+    try:
+        import uvicorn
+
+        from polymodal.serve import ServeConfig, create_app
+    except ImportError as exc:
+        _fail(f"serving needs the serve extra: pip install 'polymodal[serve]' ({exc})")
+    from polymodal.run import Run
+
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8")) if config else {}
+        fields.update(host=host, port=port, compile=compile or fields.get("compile", False))
+        fields["model_name"] = model_name or fields.get("model_name") or run_dir.resolve().name
+        if api_key:
+            fields["api_keys"] = list(api_key)
+        settings = ServeConfig.from_dict(fields)
+        loaded = Run.load(run_dir, device=device)
+    except (PolymodalError, OSError, json.JSONDecodeError) as exc:
+        _fail(exc)
+    typer.echo(f"serving {run_dir} as {settings.model_name!r} on http://{settings.host}:{settings.port}/v1 "
+               f"({', '.join(loaded.directions)})", err=True)  # fmt: skip
+    uvicorn.run(create_app(loaded, settings), host=settings.host, port=settings.port, log_level="info")
+
+
 data_app = typer.Typer(help="Make and inspect training data.", no_args_is_help=True)
 make_app = typer.Typer(help="Generate a built-in corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

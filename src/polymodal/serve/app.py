@@ -432,7 +432,6 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(
                 400, f"max_tokens: at most {config.max_completion_tokens} on this server", param="max_tokens"
             )
-        max_new = asked or config.max_completion_tokens
         document = await server.document(req.messages, req.media_io_kwargs or {})
         inputs = {m for m in map(part_modality, document.parts) if m != "text"} | {"text"}
         server.check_direction(inputs, "text")
@@ -442,6 +441,8 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
         modality, cached = await asyncio.to_thread(server.encode, document, chat=True)
         prompt_tokens = server.prompt_usage(modality, cached, usage)
         limit = config.max_prompt_tokens or server.context
+        # Unasked, an answer may take what the context leaves, up to the server's cap.
+        max_new = asked or max(1, min(config.max_completion_tokens, server.context - prompt_tokens))
         if prompt_tokens + max_new > server.context or prompt_tokens > limit:
             raise APIError(400, f"the prompt holds {prompt_tokens} tokens and asks for up to {max_new} more; this "
                                 f"model's context is {server.context} tokens (prompt limit {limit})",
