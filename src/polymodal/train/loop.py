@@ -170,8 +170,8 @@ def init_media_embeddings(model: nn.Module, tokenizer: DocumentTokenizer) -> lis
     """Start each image/audio code's embedding (in every unified-vocabulary embedding of ``model``) as a
     fixed random projection of the latent its tokenizer's decoder reads for it, plus a little noise, at
     the scale the rows had. Codes that look or sound alike then start alike, so the model need not
-    learn a thousand codes one by one (in the quickstart it lifted sound and video questions; it has
-    not yet made the model read the colour of a picture: see issue 5's notes). Returns the
+    learn a thousand codes one by one (in the quickstart it lifted the sound and video questions; the
+    model still does not read the colour of a 32-pixel picture). Returns the
     modalities done: a tokenizer without code latents (a toy, a user's own) keeps its random rows."""
     vocab, done = tokenizer.vocab, []
     embeddings = [getattr(m, "embed", None) for m in model.modules()]
