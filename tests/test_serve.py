@@ -17,6 +17,8 @@ import pytest
 import soundfile as sf
 import torch
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 import toys
@@ -301,3 +303,65 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(run):
         assert raw(s, "POST", "/v1/chat/completions", {**body, "stream": False, "max_tokens": 2})[0] == 200
     finally:
         s.stop()
+
+
+# -- malformed requests: only 4xx, and the server answers normally afterwards ------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_b64_junk = st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()) | st.text(max_size=24)
+_part = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["image_url", "video_url", "audio_url"]),
+                           "image_url": st.fixed_dictionaries({"url": st.sampled_from(["data:image/png;base64,",
+                               "data:audio/wav;base64,", "data:text/plain;base64,", "data:;base64,", "ftp://x",
+                               "file:///etc/passwd", "http://127.0.0.1/a.png"]).flatmap(
+                               lambda p: _b64_junk.map(lambda d: p + d))})}),  # noqa: E131
+    st.fixed_dictionaries({"type": st.just("input_audio"),
+                           "input_audio": st.fixed_dictionaries({"data": _b64_junk, "format": _json})}),
+    st.fixed_dictionaries({"type": st.text(max_size=10), "text": _json}),
+    _json,
+)  # fmt: skip
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant"]), "content": st.lists(_part, min_size=1, max_size=3)}
+)
+_chat = st.one_of(
+    st.fixed_dictionaries({"model": st.just("tiny"), "messages": st.lists(_message, min_size=1, max_size=2)},
+                          optional={"max_tokens": st.integers(-2, 3), "n": st.integers(-1, 3)}),  # parts are the junk
+    st.fixed_dictionaries({"model": st.sampled_from(["tiny", "other"]) | _json, "messages": _json},
+                          optional={"max_tokens": _json, "temperature": _json, "n": _json, "stream": _json,
+                                    "stop": _json, "modalities": _json, "audio": _json, "response_format": _json}),
+)  # fmt: skip
+_bodies = st.one_of(
+    _chat.map(lambda b: ("/v1/chat/completions", json.dumps(b).encode())),
+    st.fixed_dictionaries({"input": _json, "model": st.just("tiny") | _json}, optional={"encoding_format": _json,
+                          "dimensions": _json}).map(lambda b: ("/v1/embeddings", json.dumps(b).encode())),
+    st.fixed_dictionaries({"prompt": _json, "n": _json, "size": _json}).map(
+        lambda b: ("/v1/images/generations", json.dumps(b).encode())),
+    st.fixed_dictionaries({"model": st.just("tiny"), "input": _json, "response_format": _json, "speed": _json}).map(
+        lambda b: ("/v1/audio/speech", json.dumps(b).encode())),
+    st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/v1/audio/transcriptions"]),
+              st.binary(max_size=200)),  # not JSON at all
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(case=_bodies)
+def test_fuzzed_malformed_requests_get_only_4xx(fuzz_server, case):
+    path, body = case
+    status, _, reply = raw(fuzz_server, "POST", path, body)
+    assert status < 500, (path, body[:300], reply[:300])
+    if status >= 400:
+        error = json.loads(reply)["error"]
+        assert error["message"] and error["type"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(run):  # noqa: ANN201
+    s = Served(run, ServeConfig(model_name="tiny", max_completion_tokens=4, max_n=2, max_request_bytes=2**20))
+    yield s
+    assert ask(s, "what is this?", max_tokens=2).choices[0].message.content is not None  # still answering
+    assert s.engine.depth == 0
+    s.stop()
