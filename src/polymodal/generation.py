@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -257,6 +257,7 @@ def stream(
     use_cache: bool = True,
     compile: bool = False,
     cancelled: Container[int] = (),
+    constraints: Sequence[Any | None] | None = None,
 ) -> Iterator[Event]:
     """Decode a batch of prompts, yielding text deltas as they come and each row's part and
     :class:`Finished` as soon as that row is done (rows that run out of budget finish last).
@@ -264,6 +265,8 @@ def stream(
     ``cancelled`` holds the indices of rows whose output is no longer wanted; the caller may add to
     it while iterating (a server adds the requests whose clients went away): such a row stops at the
     next step and yields nothing more, and the batch stops once every row is done or cancelled.
+    ``constraints`` gives text rows a :class:`polymodal.constrain.TextConstraint` each (or None): the
+    tokens it allows are the only ones sampled (JSON that always parses, for instance).
 
     After the prompt, an early-fusion run decodes with :meth:`Transformer.decode_step`, whose shapes
     never change during a generation; ``compile=True`` runs it through ``torch.compile`` (a CUDA
@@ -274,6 +277,8 @@ def stream(
         raise ConfigError(f"output must be 'text', 'image' or 'audio', got {output!r}")
     if not prompts:
         return
+    if constraints is not None and (len(constraints) != len(prompts) or output != "text" and any(constraints)):
+        raise ConfigError("constraints: one per prompt (or None), for text outputs only")
     if isinstance(run.model, LateFusion) and output != "text":
         raise DirectionNotSupportedError(f"a late-fusion run writes text only, not {output}")
     if check_direction:
@@ -326,6 +331,13 @@ def stream(
                     cond, uncond = logits[:B], logits[B:]
                     logits = uncond + sampling.guidance_scale * (cond - uncond)
                 allowed = torch.stack([grammar.allowed(r) for r in rows])
+                for b, constraint in enumerate(constraints or ()):
+                    if constraint is not None and not rows[b].done:
+                        keep = torch.zeros_like(allowed[b])
+                        keep[list(constraint.allowed(rows[b].ids))] = True
+                        allowed[b] &= keep
+                        if not allowed[b].any():  # nothing the model may write fits: end the turn
+                            allowed[b, vocab.special_id(V.END_OF_TURN)] = True
                 tokens = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)
                 new_pos = []
                 for b, row in enumerate(rows):

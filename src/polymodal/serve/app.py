@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polymodal.constrain import json_constraint
 from polymodal.content import Audio, Document, Image, Message, Text
 from polymodal.errors import PolymodalError
 from polymodal.generation import Finished, PartDone, SamplingConfig, TextDelta
@@ -284,8 +285,8 @@ class Server:
             self.engine.release(job)
             self.metrics.queue.set(self.engine.depth)
 
-    def submit(self, prompts: list[Document], output: str, sampling: SamplingConfig) -> Job:
-        job = self.engine.submit(prompts, output, sampling)
+    def submit(self, prompts: list[Document], output: str, sampling: SamplingConfig, constraint: Any = None) -> Job:
+        job = self.engine.submit(prompts, output, sampling, constraint)
         self.metrics.queue.set(self.engine.depth)
         return job
 
@@ -294,6 +295,30 @@ class Server:
         names = vocab.modalities
         for code in vocab.modality_of(torch.tensor(generation.ids, dtype=torch.long)).tolist():
             usage.add_completion(names[code], 1)
+
+
+def _constraint(run: Run, response_format: dict | None) -> Any:
+    """The decoding constraint ``response_format`` asks for: None for text, JSON (any object, or one
+    valid under the given schema) otherwise."""
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind not in ("json_object", "json_schema"):
+        raise APIError(400, f"response_format.type {kind!r}: text, json_object or json_schema",
+                       param="response_format.type")  # fmt: skip
+    schema = None
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise APIError(400, "response_format.json_schema must be {name, schema, strict}",
+                           param="response_format.json_schema")  # fmt: skip
+        schema = spec.get("schema") or {"type": "object"}
+    try:
+        return json_constraint(run, schema)
+    except PolymodalError as exc:
+        raise APIError(400, f"response_format: {exc}", param="response_format") from None
 
 
 def _generation_error(exc: BaseException) -> APIError:
@@ -424,9 +449,7 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
                            param="audio.format")  # fmt: skip
         if speak and req.n != 1:
             raise APIError(400, "n: audio output is one choice (n = 1)", param="n")
-        if req.response_format and req.response_format.get("type", "text") != "text":
-            raise APIError(400, f"response_format {req.response_format.get('type')!r} is not supported yet",
-                           param="response_format", code="unsupported_parameter")  # fmt: skip
+        constraint = await asyncio.to_thread(_constraint, run, req.response_format)
         asked = req.max_completion_tokens or req.max_tokens
         if asked is not None and asked > config.max_completion_tokens:
             raise APIError(
@@ -448,7 +471,7 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
                                 f"model's context is {server.context} tokens (prompt limit {limit})",
                            param="messages", code="context_length_exceeded")  # fmt: skip
         sampling = _sampling(req, max_new_tokens=max_new, config=config)
-        job = server.submit([document] * req.n, "text", sampling)
+        job = server.submit([document] * req.n, "text", sampling, constraint)
         ident, created = f"chatcmpl-{uuid_lib.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

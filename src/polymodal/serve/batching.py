@@ -39,6 +39,7 @@ class Job:
     sampling: SamplingConfig
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    constraint: Any = None  # a TextConstraint shared by the job's rows (structured output), or None
     cancelled: bool = False
     released: bool = False
 
@@ -83,13 +84,13 @@ class Engine:
         """Jobs waiting or running."""
         return self._admitted
 
-    def submit(self, prompts: list[Document], output: str, sampling: SamplingConfig) -> Job:
+    def submit(self, prompts: list[Document], output: str, sampling: SamplingConfig, constraint: Any = None) -> Job:
         with self._lock:
             if self._admitted >= self.config.max_queue:
                 raise APIError(429, f"the server is busy ({self._admitted} requests in flight); retry shortly",
                                code="queue_full", retry_after=self.config.retry_after_s)  # fmt: skip
             self._admitted += 1
-        job = Job(prompts, output, sampling, asyncio.get_running_loop())
+        job = Job(prompts, output, sampling, asyncio.get_running_loop(), constraint=constraint)
         self._pending.put(job)
         return job
 
@@ -145,9 +146,11 @@ class Engine:
             self.on_batch(len(owners))
         prompts = [p for job in group for p in job.prompts]
         first = group[0]
+        constraints = [job.constraint for job, _ in owners]
         try:
             events = stream(self.run, prompts, output=first.output, sampling=first.sampling, check_direction=False,
-                            compile=self.config.compile, cancelled=_Rows(owners))  # fmt: skip
+                            compile=self.config.compile, cancelled=_Rows(owners),
+                            constraints=constraints if any(c is not None for c in constraints) else None)  # fmt: skip
             for event in events:
                 job, k = owners[event.index]
                 if not job.cancelled:
