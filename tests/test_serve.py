@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
+import http.server
 import io
 import json
 import socket
@@ -384,3 +386,92 @@ def fuzz_server(run):  # noqa: ANN201
     assert ask(s, "what is this?", max_tokens=2).choices[0].message.content is not None  # still answering
     assert s.engine.depth == 0
     s.stop()
+
+
+def test_api_keys_are_required_when_configured(run):
+    s = Served(run, ServeConfig(model_name="tiny", api_keys=("k1", "k2")))
+    try:
+        with pytest.raises(openai.AuthenticationError, match="API key"):
+            s.client.models.list()  # the fixture client sends "unused"
+        keyed = openai.OpenAI(base_url=s.url + "/v1", api_key="k2", max_retries=0)
+        assert [m.id for m in keyed.models.list().data] == ["tiny"]
+        assert raw(s, "GET", "/health")[0] == 200  # health checks need no key
+    finally:
+        s.stop()
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/moved.png":
+            self.send_response(302)
+            self.send_header("Location", "http://example.com/a.png")
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+def test_remote_and_file_media_follow_the_servers_rules(run, tmp_path):
+    PILImage.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "blue.png")
+    handler = functools.partial(_Files, directory=str(tmp_path))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{files.server_address[1]}"
+
+    def part(url: str) -> list[dict]:
+        return [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what is this?"}]
+
+    strict = Served(run, ServeConfig(model_name="tiny", allowed_domains=("127.0.0.1",), file_root=str(tmp_path)))
+    lenient = Served(run, ServeConfig(model_name="tiny", allowed_domains=("127.0.0.1",), allow_private_addresses=True))
+    try:
+        with pytest.raises(openai.BadRequestError, match="private or local"):
+            ask(strict, part(base + "/blue.png"), max_tokens=2)  # loopback, though allow-listed
+        assert ask(lenient, part(base + "/blue.png"), max_tokens=2).usage.prompt_tokens_details.image_tokens > 0
+        with pytest.raises(openai.BadRequestError, match="302"):
+            ask(lenient, part(base + "/moved.png"), max_tokens=2)  # redirects are not followed
+        with pytest.raises(openai.BadRequestError, match="not allowed"):
+            ask(lenient, part(f"http://localhost:{files.server_address[1]}/blue.png"), max_tokens=2)
+        assert ask(strict, part((tmp_path / "blue.png").as_uri()), max_tokens=2).usage.prompt_tokens > 0
+        with pytest.raises(openai.BadRequestError, match="media folder"):
+            ask(strict, part("file:///etc/hostname"), max_tokens=2)
+        with pytest.raises(openai.BadRequestError, match="file://"):
+            ask(lenient, part((tmp_path / "blue.png").as_uri()), max_tokens=2)  # no file_root: no file://
+    finally:
+        strict.stop()
+        lenient.stop()
+        files.shutdown()
+
+
+def test_video_parts_are_read_at_the_requested_frame_rate(tmp_path):
+    from media_factory import write_video
+
+    video = write_video(tmp_path / "clip.mp4", container="mp4", video_codec="mpeg4", seconds=3, fps=10, size=16)
+    url = "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode()
+    s = Served(tiny_run((*DIRECTIONS, "video+text->text")), ServeConfig(model_name="tiny", max_video_frames=8))
+    try:
+        content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "what is this?"}]
+        one = ask(s, content, max_tokens=2, extra_body={"media_io_kwargs": {"video": {"fps": 1}}})
+        two = ask(s, content, max_tokens=2, extra_body={"media_io_kwargs": {"video": {"fps": 2}}})
+        assert two.usage.prompt_tokens_details.image_tokens > one.usage.prompt_tokens_details.image_tokens > 0
+        with pytest.raises(openai.BadRequestError, match="num_frames"):
+            ask(s, content, max_tokens=2, extra_body={"media_io_kwargs": {"video": {"num_frames": 99}}})
+    finally:
+        s.stop()
+
+
+def test_a_broken_tokenizer_takes_down_its_modality_only(run, tmp_path):
+    folder = run.save(tmp_path / "run")
+    for f in (folder / "tokenizers" / "audio").iterdir():
+        f.write_bytes(b"broken")
+    s = Served(Run.load(folder), ServeConfig(model_name="tiny"))
+    try:
+        assert "audio" in json.loads(raw(s, "GET", "/health")[2])["unavailable"]
+        with pytest.raises(openai.BadRequestError, match="audio tokenizer failed to load"):
+            s.client.audio.speech.create(model="tiny", voice="alloy", input="hello")
+        with pytest.raises(openai.BadRequestError, match="audio"):
+            s.client.audio.transcriptions.create(model="tiny", file=("a.wav", wav_bytes()))
+        assert ask(s, image_question(), max_tokens=3).usage.prompt_tokens_details.image_tokens > 0  # the rest works
+    finally:
+        s.stop()

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import secrets
 import time
 import uuid as uuid_lib
@@ -48,6 +49,7 @@ from polymodal.serve.media import MediaReader, decode_base64, decode_media
 from polymodal.tokenizers.document import part_modality
 from polymodal.tokenizers.sequence import pad_batch
 
+log = logging.getLogger("polymodal.serve")
 _PART_KINDS = {"image_url": "image", "input_audio": "audio", "audio_url": "audio", "video_url": "video"}
 _KNOWN_PARTS = "text, image_url, input_audio, audio_url and video_url"
 _FINISH = {"stop": "stop", "complete": "stop", "length": "length"}
@@ -111,6 +113,18 @@ class Server:
         self.engine = Engine(run, config, on_batch=self.metrics.batch.observe)
         self.created = int(time.time())
         self.context = getattr(run.model.config, "max_seq_len", 4096)
+        # Load every tokenizer now (the first request is then not slow); one that fails makes its
+        # modality unavailable, and the requests that need it get an error naming it.
+        self.unavailable: dict[str, str] = {}
+        for modality in run.tokenizer.vocab.modalities[1:]:
+            try:
+                run.tokenizer.tokenizer(modality)
+            except Exception as exc:  # noqa: BLE001 (whatever a broken tokenizer folder raises)
+                if modality == "text":
+                    raise
+                self.unavailable[modality] = f"{type(exc).__name__}: {exc}"
+                log.warning("the %s tokenizer failed to load; %s requests will be refused: %s", modality,
+                            modality, exc)  # fmt: skip
 
     # -- reading requests
 
@@ -152,6 +166,7 @@ class Server:
             for j, part in enumerate([{"type": "text", "text": content}] if isinstance(content, str) else content):
                 items.append(self._part_spec(part, f"{where}[{j}]", role, counts))
             plan.append((role, items))
+        self.check_available(set(counts))
         for kind, count in counts.items():
             if count > self.config.max_items(kind):
                 raise APIError(400, f"the request holds {count} {kind} inputs; this server allows at most "
@@ -254,7 +269,14 @@ class Server:
         usage.cached = cached
         return len(modality)
 
+    def check_available(self, modalities: set[str]) -> None:
+        needs = set(modalities) | ({"image"} if "video" in modalities else set())
+        for modality in sorted(needs & set(self.unavailable)):
+            raise APIError(400, f"this server cannot handle {modality} right now: its {modality} tokenizer failed to "
+                                f"load ({self.unavailable[modality]})", code="modality_unavailable")  # fmt: skip
+
     def check_direction(self, inputs: set[str], output: str) -> None:
+        self.check_available(inputs | {output})
         if not self.run.supports(inputs or {"text"}, output):
             raise APIError(400, f"this model was not trained for {'+'.join(sorted(inputs or {'text'}))}->{output} "
                                 f"(it declares: {', '.join(self.run.directions) or 'nothing'})",
@@ -408,7 +430,7 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": config.model_name, "queue_depth": server.engine.depth,
-                "directions": list(run.directions)}  # fmt: skip
+                "directions": list(run.directions), "unavailable": server.unavailable}  # fmt: skip
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -572,8 +594,8 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
         data = await upload.read(config.max_request_bytes + 1)
         if len(data) > config.max_request_bytes:
             raise APIError(413, f"file: more than {config.max_request_bytes} bytes", param="file")
-        audio = await asyncio.to_thread(decode_media, data, "audio", "file", server.limits)
         server.check_direction({"audio"}, "text")
+        audio = await asyncio.to_thread(decode_media, data, "audio", "file", server.limits)
         document = Document.of(audio)
         usage = _Usage()
         modality, cached = await asyncio.to_thread(server.encode, document, chat=False)
