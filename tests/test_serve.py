@@ -475,3 +475,24 @@ def test_a_broken_tokenizer_takes_down_its_modality_only(run, tmp_path):
         assert ask(s, image_question(), max_tokens=3).usage.prompt_tokens_details.image_tokens > 0  # the rest works
     finally:
         s.stop()
+
+
+def test_the_cost_of_a_request_is_known_before_it_runs(served, run, tmp_path):
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+    from polymodal.serve.requests import request_cost
+
+    body = {"model": "tiny", "max_tokens": 7, "n": 2, "messages": [{"role": "user", "content": image_question()}]}
+    cost = request_cost(run.tokenizer, body)
+    served_usage = ask(served, image_question(), max_tokens=1).usage
+    assert cost["prompt_tokens"] == served_usage.prompt_tokens and cost["max_total_tokens"] == 2 * (
+        cost["prompt_tokens"] + 7
+    )
+    assert cost["by_modality"]["image"] == served_usage.prompt_tokens_details.image_tokens
+    (tmp_path / "request.json").write_text(json.dumps(body))
+    result = CliRunner().invoke(app, ["tokenize", "--request", str(tmp_path / "request.json")])
+    assert result.exit_code == 0 and "prompt tokens" in result.output  # the built-in vocabulary's count
+    (tmp_path / "bad.json").write_text(json.dumps({**body, "messages": [{"role": "user", "content": [{"type": "x"}]}]}))
+    result = CliRunner().invoke(app, ["tokenize", "--request", str(tmp_path / "bad.json")])
+    assert result.exit_code != 0 and "unknown content part type 'x'" in result.output

@@ -78,8 +78,15 @@ def tokenize(
     roundtrip: Annotated[
         Path | None, typer.Option(help="Also decode the tokens and write what comes back (JSON, PNG, WAV, MP4) here.")
     ] = None,
+    request: Annotated[
+        Path | None, typer.Option(help="An OpenAI chat completions request (JSON): print what it will cost to serve.")
+    ] = None,
 ) -> None:
-    """Show how documents become tokens: each part's modality, token count and first ids."""
+    """Show how documents become tokens: each part's modality, token count and first ids (or, with
+    --request, what a request to `polymodal serve` will cost)."""
+    if request is not None:
+        _request_cost(request, vocab, as_json)
+        return
     from polymodal.content import Document, load_part
     from polymodal.data.sample import sample_document
     from polymodal.tokenizers.report import tokenize_report, write_roundtrip
@@ -295,6 +302,27 @@ def train_audio(
         train,
         lambda config: audio_data(sources or [], seed=seed, corpus_clips=corpus_clips),
     )
+
+
+def _request_cost(path: Path, vocab: Path | None, as_json: bool) -> None:
+    try:
+        from polymodal.serve.errors import APIError
+        from polymodal.serve.requests import request_cost
+    except ImportError as exc:
+        _fail(f"--request needs the serve extra: pip install 'polymodal[serve]' ({exc})")
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        cost = request_cost(_load_tokenizer(vocab), body)
+    except APIError as exc:
+        _fail(f"{path}: the server would refuse this request (HTTP {exc.status}): {exc.message}")
+    except (PolymodalError, OSError, json.JSONDecodeError) as exc:
+        _fail(f"{path}: {exc}")
+    if as_json:
+        typer.echo(json.dumps(cost))
+        return
+    parts = ", ".join(f"{name} {count}" for name, count in cost["by_modality"].items())
+    typer.echo(f"{path}: {cost['prompt_tokens']} prompt tokens ({parts}); up to {cost['max_completion_tokens']} "
+               f"completion tokens x {cost['n']} choice(s): at most {cost['max_total_tokens']} tokens")  # fmt: skip
 
 
 @app.command()
