@@ -88,7 +88,7 @@ class Server:
 def request(k: int, max_tokens: int, url: str | None = None) -> dict:
     return {"model": "bench", "temperature": 0, "max_tokens": max_tokens, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": url or picture(k)}},
-        {"type": "text", "text": "What colour is the circle?"}]}]}  # fmt: skip
+        {"type": "text", "text": "Describe the picture."}]}]}  # fmt: skip
 
 
 def level(server: Server, clients: int, total: int, max_tokens: int) -> dict:
@@ -121,8 +121,8 @@ def main() -> None:
     parser.add_argument("--run", help="a run folder (default: a random tiny model over the built-in vocabulary)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--levels", default="1,8,32,64")
-    parser.add_argument("--requests", type=int, default=64, help="requests per level")
-    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=128, help="requests per level")
+    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=16, help="requests of the media-cache measurement")
     parser.add_argument("--json", help="also write the results here")
