@@ -32,6 +32,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal.constrain import json_constraint
@@ -58,9 +59,24 @@ _AUDIO_FORMATS = ("wav", "flac", "pcm16", "pcm")
 # -- metrics ----------------------------------------------------------------------------------------
 
 
+class _CacheCollector:
+    """The media cache's own hit and miss counts, read at scrape time."""
+
+    def __init__(self, cache: MediaCache) -> None:
+        self.cache = cache
+
+    def collect(self):  # noqa: ANN201
+        family = CounterMetricFamily("polymodal_media_cache", "Media cache lookups", labels=["table", "result"])
+        for table in ("part", "span"):
+            family.add_metric([table, "hit"], self.cache.hits[table])
+            family.add_metric([table, "miss"], self.cache.misses[table])
+        yield family
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, cache: MediaCache) -> None:
         self.registry = r = CollectorRegistry()
+        r.register(_CacheCollector(cache))
         self.requests = Counter("polymodal_requests", "Requests answered", ["endpoint", "status"], registry=r)
         self.latency = Histogram("polymodal_request_seconds", "Time to answer a request", ["endpoint"], registry=r,
                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))  # fmt: skip
@@ -68,7 +84,6 @@ class Metrics:
         self.queue = Gauge("polymodal_queue_depth", "Requests waiting or running", registry=r)
         self.batch = Histogram("polymodal_batch_rows", "Rows decoded together", registry=r,
                                buckets=(1, 2, 4, 8, 16, 32, 64))  # fmt: skip
-        self.cache = Counter("polymodal_media_cache", "Media cache lookups", ["table", "result"], registry=r)
 
 
 # -- request state ----------------------------------------------------------------------------------
@@ -104,8 +119,8 @@ class Server:
 
     def __init__(self, run: Run, config: ServeConfig) -> None:
         self.run, self.config = run, config
-        self.metrics = Metrics()
         self.cache = MediaCache(config.media_cache_items)
+        self.metrics = Metrics(self.cache)
         run.tokenizer.span_cache = self.cache
         self.limits = config.media_limits()
         self.engine = Engine(run, config, on_batch=self.metrics.batch.observe)
@@ -327,10 +342,6 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        for table in ("part", "span"):
-            for result, counts in (("hit", server.cache.hits), ("miss", server.cache.misses)):
-                counter = server.metrics.cache.labels(table, result)
-                counter.inc(counts[table] - counter._value.get())  # the cache counts; the metric mirrors it
         server.metrics.queue.set(server.engine.depth)
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
