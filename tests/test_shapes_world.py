@@ -27,6 +27,7 @@ from polymodal.data.shapes import (
 from polymodal.data.shapes.language import NUMBER_WORDS, caption, plural
 from polymodal.data.shapes.questions import image_question
 from polymodal.data.shapes.world import relations
+from polymodal.errors import ConfigError
 
 N_SCENES = 300
 
@@ -198,3 +199,21 @@ def test_digit_samples_cover_all_labels_and_name_them():
         assert DIGIT_NAMES[truth["digit"]] in truth["text"] or str(truth["digit"]) in truth["text"]
         seen.append(truth["digit"])
     assert set(seen) == set(range(10))
+
+
+def test_easy_scenes_have_large_objects_on_light_untextured_backgrounds():
+    from polymodal.data.shapes import ShapesConfig
+
+    easy = [random_scene(sample_rng(0, "train", "test/scene", i), easy=True) for i in range(N_SCENES)]
+    assert all(o.size == "large" for s in easy for o in s.objects)
+    assert all(s.background.style != "texture" for s in easy)
+    light = sum(s.background.tone == "light" for s in easy) / len(easy)
+    assert light > 0.95  # dark only where no light background contrasts with every object
+    hard = scenes()
+    assert {o.size for s in hard for o in s.objects} == set(SIZES)  # the default world is unchanged
+    assert sum(s.background.tone == "light" for s in hard) / len(hard) < 0.8
+    config = ShapesConfig(image_size=32, easy_scenes=True)
+    sample = make_sample("image_caption", 0, config=config)
+    assert {o["size"] for o in sample.meta["truth"]["scene"]["objects"]} == {"large"}
+    with pytest.raises(ConfigError, match="easy_scenes"):
+        ShapesConfig(easy_scenes="yes")

@@ -441,6 +441,9 @@ def make_shapes_cmd(
     image_size: Annotated[int, typer.Option(help="Side of scene images in pixels.", min=16)] = 64,
     video_size: Annotated[int, typer.Option(help="Side of video frames in pixels.", min=16)] = 64,
     max_objects: Annotated[int, typer.Option(help="Objects per picture: 1 to this (at most 4).", min=1, max=4)] = 4,
+    easy_scenes: Annotated[
+        bool, typer.Option(help="Pictures with large objects on light, untextured backgrounds (the quickstart's).")
+    ] = False,
     samples_per_shard: Annotated[int, typer.Option(help="Samples per .tar shard.", min=1)] = 1000,
     workers: Annotated[int, typer.Option(help="Processes generating samples.", min=1)] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace a corpus already in --out.")] = False,
@@ -454,8 +457,8 @@ def make_shapes_cmd(
     try:
         shards = make_shapes(
             out, n=n, seed=seed, kinds=tuple(kinds) if kinds else ALL_KINDS, split=split, image_size=image_size,
-            video_size=video_size, max_objects=max_objects, samples_per_shard=samples_per_shard, workers=workers,
-            progress=sys.stderr.isatty(), overwrite=overwrite,
+            video_size=video_size, max_objects=max_objects, easy_scenes=easy_scenes,
+            samples_per_shard=samples_per_shard, workers=workers, progress=sys.stderr.isatty(), overwrite=overwrite,
         )  # fmt: skip
     except (PolymodalError, FileExistsError) as exc:
         _fail(exc)

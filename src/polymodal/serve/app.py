@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -297,7 +298,13 @@ def _image_bytes(image: Image, fmt: str) -> bytes:
 def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     server = Server(run, config)
-    app = FastAPI(title="polymodal", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(server.engine.close)  # the batch in flight finishes; nothing new starts
+
+    app = FastAPI(title="polymodal", version="1", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = server
 
     @app.exception_handler(APIError)

@@ -63,6 +63,10 @@ class QuickstartConfig:
     text_vocab_size: int = 1024
     max_length: int = 512
     max_objects: int = 2  # objects per picture: the easy end of shapes world (up to 4), learnable in minutes
+    # Pictures of large objects on light, untextured backgrounds: at 32 px a small object on a dark or
+    # textured background shares its 8x8-pixel codes with the background, and the tiny model does not
+    # learn to read its colour in minutes (it does for large ones on plain light backgrounds).
+    easy_scenes: bool = True
     image_size: int = 32  # pictures in pixels: 4x4 codes each, read in minutes (64 px: 8x8 codes, read less well)
     video_size: int = 32  # video frames in pixels: 4x4 codes each, so that a clip's frames and sound fit max_length
     video_fps: float = 2.0  # frames per second read from the corpus videos (written at 10): 2-4 s clips -> 4-8 frames
@@ -161,7 +165,7 @@ def _pretokenize(job: tuple[Path, Path, Path, int, float]) -> None:
 def _corpus(target: Path, kind: str, n: int, split: str, config: QuickstartConfig, progress: bool) -> None:
     if not (target / "manifest.json").is_file():
         make_shapes(target, n=n, seed=config.seed, kinds=(kind,), split=split, image_size=config.image_size,
-                    video_size=config.video_size, max_objects=config.max_objects,
+                    video_size=config.video_size, max_objects=config.max_objects, easy_scenes=config.easy_scenes,
                     workers=config.workers, progress=progress, overwrite=True)  # fmt: skip
 
 

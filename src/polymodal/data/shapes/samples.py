@@ -57,6 +57,7 @@ class ShapesConfig:
     video_size: int = 64
     video_fps: int = 10
     max_objects: int = 4  # objects in a picture: 1 to this (4 is the whole world; fewer is an easier corpus)
+    easy_scenes: bool = False  # pictures: large objects on light, untextured backgrounds (videos unchanged)
 
     def __post_init__(self) -> None:
         check_size(self.image_size)
@@ -69,10 +70,12 @@ class ShapesConfig:
             or not 1 <= self.max_objects <= 4
         ):
             raise ConfigError(f"max_objects must be an int in [1, 4], got {self.max_objects!r}")
+        if not isinstance(self.easy_scenes, bool):
+            raise ConfigError(f"easy_scenes must be a bool, got {self.easy_scenes!r}")
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "video_size": self.video_size, "video_fps": self.video_fps,
-                "max_objects": self.max_objects}  # fmt: skip
+                "max_objects": self.max_objects, "easy_scenes": self.easy_scenes}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def _spoken(rng: np.random.Generator, text: str) -> tuple[Audio, dict]:
 
 
 def _scene_and_caption(rng: np.random.Generator, config: ShapesConfig) -> tuple[Scene, Image, str]:
-    scene = random_scene(rng, max_objects=config.max_objects)
+    scene = random_scene(rng, max_objects=config.max_objects, easy=config.easy_scenes)
     return scene, render_scene(scene, size=config.image_size), caption(scene, rng)
 
 
@@ -117,7 +120,7 @@ def _caption_image(rng: np.random.Generator, config: ShapesConfig, split: str) -
 
 def _speech_text(rng: np.random.Generator, config: ShapesConfig) -> tuple[str, str]:
     """A caption or a question about a random scene: what gets spoken."""
-    scene = random_scene(rng, max_objects=config.max_objects)
+    scene = random_scene(rng, max_objects=config.max_objects, easy=config.easy_scenes)
     if rng.random() < 0.6:
         return caption(scene, rng), "caption"
     return image_question(scene, rng).text, "question"
@@ -149,7 +152,7 @@ def _asked(rng: np.random.Generator, question: Question) -> str:
 
 
 def _image_qa(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Built:
-    scene = random_scene(rng, max_objects=config.max_objects)
+    scene = random_scene(rng, max_objects=config.max_objects, easy=config.easy_scenes)
     image = render_scene(scene, size=config.image_size)
     questions = [image_question(scene, rng)]
     turns = [("user", [image, _asked(rng, questions[0])]), ("assistant", questions[0].answer)]
@@ -163,7 +166,7 @@ def _image_qa(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Bu
 
 
 def _spoken_image_qa(rng: np.random.Generator, config: ShapesConfig, split: str) -> _Built:
-    scene = random_scene(rng, max_objects=config.max_objects)
+    scene = random_scene(rng, max_objects=config.max_objects, easy=config.easy_scenes)
     image = render_scene(scene, size=config.image_size)
     question = image_question(scene, rng)
     audio, voice = _spoken(rng, question.text)

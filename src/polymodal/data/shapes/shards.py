@@ -62,6 +62,7 @@ def make_shapes(
     image_size: int = 64,
     video_size: int = 64,
     max_objects: int = 4,
+    easy_scenes: bool = False,
     samples_per_shard: int = 1000,
     workers: int = 2,
     progress: bool = True,
@@ -73,7 +74,8 @@ def make_shapes(
     ``overwrite``. ``workers > 1`` uses spawned processes: call it under
     ``if __name__ == "__main__":`` in scripts.
     """
-    config = ShapesConfig(image_size=image_size, video_size=video_size, max_objects=max_objects)
+    config = ShapesConfig(image_size=image_size, video_size=video_size, max_objects=max_objects,
+                          easy_scenes=easy_scenes)  # fmt: skip
     plan = _check_plan(n, seed, kinds, split, config, samples_per_shard, workers)
     out_dir = Path(out_dir)
     _prepare_folder(out_dir, overwrite)

@@ -228,10 +228,14 @@ def grid_positions(rng: np.random.Generator, sizes: list[str]) -> list[tuple[flo
     return out
 
 
-def random_background(rng: np.random.Generator, fills: list[tuple[int, int, int]]) -> Background:
-    """An unsaturated light or dark background that every colour in ``fills`` stands out from."""
+def random_background(rng: np.random.Generator, fills: list[tuple[int, int, int]], *, easy: bool = False) -> Background:
+    """An unsaturated light or dark background that every colour in ``fills`` stands out from
+    (``easy``: light and untextured whenever the fills allow it)."""
     style = BACKGROUND_STYLES[int(rng.integers(len(BACKGROUND_STYLES)))]
     tone_first = "light" if rng.random() < 0.6 else "dark"
+    if easy:
+        style = "plain" if style == "texture" else style
+        tone_first = "light"
     for attempt in range(40):
         tone = tone_first if attempt < 20 else ("dark" if tone_first == "light" else "light")
         hue = rng.random()
@@ -258,11 +262,14 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
     return tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v))
 
 
-def random_scene(rng: np.random.Generator, *, min_objects: int = 1, max_objects: int = 4) -> Scene:
-    """A random scene: 1-4 objects on a 3x3 grid or at free positions, on a contrasting background."""
+def random_scene(rng: np.random.Generator, *, min_objects: int = 1, max_objects: int = 4, easy: bool = False) -> Scene:
+    """A random scene: 1-4 objects on a 3x3 grid or at free positions, on a contrasting background.
+    ``easy``: every object large, the background light and untextured (when its colours allow)."""
     n = int(rng.integers(min_objects, max_objects + 1))
     pairs = random_kinds(rng, n)
     sizes = [SIZES[int(rng.integers(2))] for _ in range(n)]
+    if easy:
+        sizes = ["large"] * n
     layout = "grid" if rng.random() < 0.5 else "free"
     positions = free_positions(rng, [RADIUS[s] for s in sizes]) if layout == "free" else None
     if positions is None:
@@ -271,4 +278,4 @@ def random_scene(rng: np.random.Generator, *, min_objects: int = 1, max_objects:
         random_object(rng, shape, colour, x, y, size)
         for (shape, colour), (x, y), size in zip(pairs, positions, sizes, strict=True)
     )
-    return Scene(objects, random_background(rng, [o.rgb for o in objects]), layout)
+    return Scene(objects, random_background(rng, [o.rgb for o in objects], easy=easy), layout)
