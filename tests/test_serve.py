@@ -333,7 +333,16 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-_b64_junk = st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()) | st.text(max_size=24)
+
+
+def _real_media() -> list[bytes]:
+    png = io.BytesIO()
+    PILImage.new("RGB", (8, 8), (255, 0, 0)).save(png, format="PNG")
+    return [png.getvalue(), wav_bytes(0.2)]
+
+
+_truncated = st.sampled_from(_real_media()).flatmap(lambda data: st.integers(0, len(data) - 1).map(lambda k: data[:k]))
+_b64_junk = (st.binary(max_size=64) | _truncated).map(lambda b: base64.b64encode(b).decode()) | st.text(max_size=24)
 _part = st.one_of(
     st.fixed_dictionaries({"type": st.sampled_from(["image_url", "video_url", "audio_url"]),
                            "image_url": st.fixed_dictionaries({"url": st.sampled_from(["data:image/png;base64,",
