@@ -4,6 +4,7 @@
 #   benchmarks/device.sh train   # the small preset's training step beside transformers, bf16
 #   benchmarks/device.sh decode  # decoding, tiny and small shapes, batch 1/8/32
 #   benchmarks/device.sh media   # media tokenizers and image/speech generation
+#   benchmarks/device.sh serve   # the server under load
 set -uo pipefail
 OUT=${OUT:-/tmp/polymodal-bench}
 mkdir -p "$OUT"
@@ -30,6 +31,11 @@ for job in "$@"; do
     decode-small-1)  # the small shape at batch 1 only: the GPU target's row
         timeout 200 python3 benchmarks/decode.py --device cuda --shape small --batch 1 --repeats 3 \
             --json "$OUT/decode_small_1_cuda.json" 2>&1 | tee "$OUT/decode_small_1.log" ;;
+    serve)  # the OpenAI-compatible server under 1-64 concurrent clients, random tiny and small models
+        timeout 150 python3 benchmarks/serve_load.py --device cuda --preset small --json "$OUT/serve_load_small_cuda.json" \
+            2>&1 | tee "$OUT/serve_small.log"
+        timeout 100 python3 benchmarks/serve_load.py --device cuda --preset tiny --json "$OUT/serve_load_tiny_cuda.json" \
+            2>&1 | tee "$OUT/serve_tiny.log" ;;
     media)
         timeout 150 python3 benchmarks/media.py --device cuda --json "$OUT/media_cuda.json" 2>&1 | tee "$OUT/media.log" ;;
     *) echo "unknown job $job" >&2; exit 2 ;;

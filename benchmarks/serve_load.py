@@ -39,10 +39,10 @@ from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.presets import default_vocabulary_dir
 
 
-def random_run(device: str) -> Run:
+def random_run(device: str, shape: str) -> Run:
     tokenizer = DocumentTokenizer.load(default_vocabulary_dir())
     torch.manual_seed(0)
-    model = Transformer(preset("tiny", tokenizer.vocab.size)).to(device).eval()
+    model = Transformer(preset(shape, tokenizer.vocab.size)).to(device).eval()
     return Run(model, tokenizer, ("image+text->text", "text->text"))
 
 
@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="a run folder (default: a random tiny model over the built-in vocabulary)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", default="tiny", help="the random model's preset (without --run)")
     parser.add_argument("--levels", default="1,8,32,64")
     parser.add_argument("--requests", type=int, default=128, help="requests per level")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -128,14 +129,15 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    run = Run.load(args.run, device=args.device) if args.run else random_run(args.device)
+    run = Run.load(args.run, device=args.device) if args.run else random_run(args.device, args.preset)
     config = ServeConfig(model_name="bench", max_batch=args.max_batch, max_queue=256, max_completion_tokens=256)
     server = Server(run, config)
     server.ask(request(0, 2))  # warm-up
     rows = [level(server, int(c), args.requests, args.max_tokens) for c in args.levels.split(",")]
     server.stop()
     base = rows[0]["requests_per_s"]
-    print(f"{machine_name(torch.device(args.device))}, {args.run or 'random tiny model'}: {args.requests} requests "
+    what = args.run or f"random {args.preset} model"
+    print(f"{machine_name(torch.device(args.device))}, {what}: {args.requests} requests "
           f"per level, a picture and a question each, greedy, at most {args.max_tokens} new tokens")  # fmt: skip
     print(f"{'clients':>8} {'req/s':>8} {'tokens/s':>9} {'p50 s':>7} {'p99 s':>7} {'vs one at a time':>17}")
     for r in rows:
