@@ -396,6 +396,7 @@ def serve(
         Path | None, typer.Option(help="A JSON file of ServeConfig fields: limits, batching, allowed domains ...")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Weights: float32, bfloat16 or float16 (bfloat16 on a GPU).")] = "float32",
     compile: Annotated[bool, typer.Option(help="torch.compile the decode step (worth it on a GPU).")] = False,
 ) -> None:
     """Serve a run behind an OpenAI-compatible API (needs the serve extra: pip install 'polymodal\\[serve]')."""
@@ -414,8 +415,13 @@ def serve(
         if api_key:
             fields["api_keys"] = list(api_key)
         settings = ServeConfig.from_dict(fields)
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise PolymodalError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
         loaded = Run.load(run_dir, device=device)
-    except (PolymodalError, OSError, json.JSONDecodeError) as exc:
+        import torch
+
+        loaded.model.to(getattr(torch, dtype))
+    except (PolymodalError, OSError, json.JSONDecodeError, RuntimeError) as exc:
         _fail(exc)
     typer.echo(f"serving {run_dir} as {settings.model_name!r} on http://{settings.host}:{settings.port}/v1 "
                f"({', '.join(loaded.directions)})", err=True)  # fmt: skip
