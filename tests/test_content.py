@@ -692,3 +692,14 @@ def test_video_written_as_mp4_reads_back_with_its_sound():
     assert rms(wave[: int(0.8 * rate)]) < 0.02 < rms(wave[int(1.2 * rate) : int(2.8 * rate)])
     with pytest.raises(ConfigError, match="closer together"):
         Video((VideoFrame(0.0, frames[0].image), VideoFrame(0.1, frames[1].image)), None, 1.0).to_mp4_bytes(fps=1)
+
+
+def test_mp3_audio_is_read_and_a_cut_one_is_corrupt(tmp_path):
+    wave = sine(1.0, 16000)[None]
+    path = write_audio(tmp_path / "tone.mp3", wave, 16000, "MP3", "MPEG_LAYER_III")
+    audio = load_part(path)
+    assert isinstance(audio, Audio) and audio.sample_rate == 16000 and audio.duration == pytest.approx(1.0, abs=0.05)
+    assert np.abs(audio.waveform).max() > 0.3  # the tone, not silence
+    data = path.read_bytes()
+    with pytest.raises(CorruptMediaError, match="MP3"):
+        Audio.from_bytes(data[: len(data) // 3], name="cut.mp3")

@@ -1,4 +1,4 @@
-"""Audio: the :class:`Audio` part, and reading WAV, FLAC and Ogg (Vorbis/Opus) safely.
+"""Audio: the :class:`Audio` part, and reading WAV, FLAC, Ogg (Vorbis/Opus) and MP3 safely.
 
 A waveform is float32 ``[channels, samples]`` in [-1, 1] at its native rate, held read-only. The
 duration is checked from the header before samples are decoded, and a WAV whose data chunk is cut
@@ -102,7 +102,7 @@ class Audio:
 
     @classmethod
     def open(cls, path: PathLike, *, limits: MediaLimits | None = None) -> Audio:
-        """Read a WAV, FLAC or Ogg (Vorbis/Opus) file (format recognised by content)."""
+        """Read a WAV, FLAC, Ogg (Vorbis/Opus) or MP3 file (format recognised by content)."""
         limits = _limits(limits)
         path = _checked_path(path, limits)
         with path.open("rb") as f:
@@ -110,7 +110,7 @@ class Audio:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str | None = None, limits: MediaLimits | None = None) -> Audio:
-        """Decode encoded WAV, FLAC or Ogg bytes; ``name`` labels errors and becomes the source."""
+        """Decode encoded WAV, FLAC, Ogg or MP3 bytes; ``name`` labels errors and becomes the source."""
         limits = _limits(limits)
         data, source = _checked_bytes(data, name, limits)
         return _decode_audio(io.BytesIO(data), data[:_HEAD_BYTES], source, limits, name)
@@ -126,7 +126,7 @@ class Audio:
         return f"Audio({self.num_channels} ch, {self.duration:.3f} s @ {self.sample_rate} Hz, source={self.source!r})"
 
 
-_SOUNDFILE_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "OGG": "ogg"}
+_SOUNDFILE_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3"}
 # libsndfile's open log reports a WAV whose data chunk runs past the end of the file like this;
 # it then silently shortens the audio, which would hide a truncated download.
 _WAV_TRUNCATED = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)

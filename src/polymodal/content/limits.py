@@ -73,7 +73,7 @@ DEFAULT_LIMITS = MediaLimits()
 # Formats polymodal reads, per kind, keyed by the names _sniff returns.
 _READABLE = {
     "image": ("png", "jpeg", "webp"),
-    "audio": ("wav", "flac", "ogg"),
+    "audio": ("wav", "flac", "ogg", "mp3"),
     "video": ("mp4", "webm"),
 }
 _KIND_OF = {fmt: kind for kind, fmts in _READABLE.items() for fmt in fmts}
@@ -84,10 +84,10 @@ _FORMAT_NAMES = {
     "aiff": "AIFF audio", "m4a": "M4A audio", "mp4": "MP4 video", "webm": "WebM/Matroska video",
     "avi": "AVI video", "pdf": "PDF document",
 }  # fmt: skip
-_SUPPORTED_TEXT = "text (.txt, .md), images (PNG, JPEG, WebP), audio (WAV, FLAC, Ogg) and video (MP4, WebM)"
+_SUPPORTED_TEXT = "text (.txt, .md), images (PNG, JPEG, WebP), audio (WAV, FLAC, Ogg, MP3) and video (MP4, WebM)"
 # What a file name claims, used only to tell "corrupt X" from "unrecognised" when content fails.
 _EXTENSIONS = {
-    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".wav": "wav",
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".wav": "wav", ".mp3": "mp3",
     ".flac": "flac", ".ogg": "ogg", ".oga": "ogg", ".opus": "ogg", ".mp4": "mp4", ".m4v": "mp4",
     ".mov": "mp4", ".webm": "webm", ".mkv": "webm",
 }  # fmt: skip
