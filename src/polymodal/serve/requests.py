@@ -84,7 +84,7 @@ class RequestReader:
                     400, f"{where}.input_audio must be {{data: <base64>, format}}", param=f"{where}.input_audio"
                 )
             fmt = body.get("format")
-            if fmt is not None and fmt not in ("wav", "mp3", "flac", "ogg", "pcm16"):
+            if fmt is not None and fmt not in ("wav", "mp3", "flac", "ogg"):
                 raise APIError(400, f"{where}.input_audio.format {fmt!r} is not one of wav, mp3, flac, ogg",
                                param=f"{where}.input_audio.format")  # fmt: skip
             return (media, ("base64", body["data"]), "auto", uuid, f"{where}.input_audio.data")
