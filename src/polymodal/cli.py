@@ -428,6 +428,63 @@ def serve(
     uvicorn.run(create_app(loaded, settings), host=settings.host, port=settings.port, log_level="info")
 
 
+index_app = typer.Typer(help="Cross-modal retrieval: embed a folder, search it by text or media.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder: its unified embedding indexes the files.")],
+    folder: Annotated[Path, typer.Argument(help="Text (.txt, .md), images, audio and videos, searched recursively.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index folder to write.")],
+    fps: Annotated[float, typer.Option(help="Frames per second sampled from videos.", min=0.01)] = 1.0,
+) -> None:
+    """Embed every file of FOLDER into an index (vectors.safetensors + items.json)."""
+    from polymodal.retrieval import build_index
+    from polymodal.run import Run
+
+    try:
+        index = build_index(Run.load(run_dir), folder, fps=fps, progress=sys.stderr.isatty())
+        index.save(out)
+    except (PolymodalError, OSError) as exc:
+        _fail(exc)
+    counts = {}
+    for item in index.items:
+        counts[item["modality"]] = counts.get(item["modality"], 0) + 1
+    typer.echo(f"{len(index.items)} items ({', '.join(f'{n} {m}' for m, n in counts.items())}) -> {out}")
+
+
+@index_app.command("search")
+def index_search(
+    index_dir: Annotated[Path, typer.Argument(help="An index written by `polymodal index build`.")],
+    run_dir: Annotated[Path, typer.Option("--run", help="The run that built the index.")],
+    text: Annotated[str | None, typer.Option(help="Search by this text.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Search by this image, audio, video or text file.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="How many results.", min=1)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Rank the index's items, of any modality, by similarity to a text or a file."""
+    from polymodal.content import Document, load_part
+    from polymodal.retrieval import Index, embed
+    from polymodal.run import Run
+
+    if (text is None) == (file is None):
+        _fail("give one query: --text or --file")
+    try:
+        index = Index.load(index_dir)
+        query = Document.of(text) if text is not None else Document.of(load_part(file))
+        results = index.search(embed(Run.load(run_dir), [query])[0], k)
+    except (PolymodalError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps([{"score": s, **item} for s, item in results]))
+        return
+    for score, item in results:
+        typer.echo(f"{score:7.4f}  {item['modality']:<5}  {item['path']}")
+
+
 data_app = typer.Typer(help="Make and inspect training data.", no_args_is_help=True)
 make_app = typer.Typer(help="Generate a built-in corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -41,6 +41,7 @@ from polymodal.content import Audio, Document, Image
 from polymodal.errors import PolymodalError
 from polymodal.generation import Finished, PartDone, SamplingConfig, TextDelta
 from polymodal.model import Transformer
+from polymodal.retrieval import embed
 from polymodal.run import Run
 from polymodal.serve import schemas as S
 from polymodal.serve.batching import Engine, Job
@@ -50,7 +51,6 @@ from polymodal.serve.errors import APIError, from_polymodal
 from polymodal.serve.media import decode_media
 from polymodal.serve.requests import RequestReader
 from polymodal.tokenizers.document import part_modality
-from polymodal.tokenizers.sequence import pad_batch
 
 log = logging.getLogger("polymodal.serve")
 _FINISH = {"stop": "stop", "complete": "stop", "length": "length"}
@@ -691,25 +691,11 @@ async def _embedding_inputs(server: Server, req: S.EmbeddingRequest) -> list[Doc
 
 
 def _embed(server: Server, documents: list[Document]) -> tuple[list[np.ndarray], int]:
-    """Unit-length mean final hidden states of each input (its ``<|bos|>`` excluded): the pooled
-    states the align stage trained to meet across modalities."""
-    run = server.run
-    seqs = []
-    for document in documents:
-        try:
-            seqs.append(run.tokenizer.encode(document, add_eos=False))
-        except PolymodalError as exc:
-            raise from_polymodal(exc) from None
-    too_long = [len(s) for s in seqs if len(s) > server.context]
-    if too_long:
-        raise APIError(400, f"input: an item holds {too_long[0]} tokens; the context is {server.context}",
-                       param="input", code="context_length_exceeded")  # fmt: skip
-    device = next(run.model.parameters()).device
-    batch = pad_batch(seqs, run.tokenizer.vocab.pad_id).to(device)
-    with torch.no_grad():
-        states = run.model(batch.ids, batch.positions, batch.modality, batch.attention_mask, hidden=True).float()
-    keep = batch.attention_mask.clone()
-    keep[:, 0] = False
-    pooled = (states * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
-    pooled = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
-    return list(pooled), int(batch.attention_mask.sum())
+    """The run's unified embedding of each input (:func:`polymodal.retrieval.embed`) and the tokens read."""
+    try:
+        tokens = sum(len(server.run.tokenizer.encode(d, add_eos=False)) for d in documents)
+        vectors = embed(server.run, documents)
+    except PolymodalError as exc:
+        code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
+        raise APIError(400, f"input: {exc}", param="input", code=code) from None
+    return list(vectors.numpy()), tokens
