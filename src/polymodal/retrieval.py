@@ -28,27 +28,31 @@ from polymodal.files import staging_directory, swap_directory, write_bytes_atomi
 from polymodal.model import Transformer
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
-from polymodal.tokenizers.sequence import pad_batch
+from polymodal.tokenizers.sequence import TokenSequence, pad_batch
 
 ITEMS_FILENAME = "items.json"
 VECTORS_FILENAME = "vectors.safetensors"
 _TEXT_SUFFIXES = (".txt", ".md")
 
 
-@torch.no_grad()
 def embed(run: Run, documents: Sequence[Document], *, batch_size: int = 16) -> torch.Tensor:
     """``[len(documents), dim]`` unit-length float32 embeddings (on the CPU)."""
+    return embed_sequences(run, [run.tokenizer.encode(d, add_eos=False) for d in documents], batch_size=batch_size)
+
+
+@torch.no_grad()
+def embed_sequences(run: Run, seqs: Sequence[TokenSequence], *, batch_size: int = 16) -> torch.Tensor:
+    """:func:`embed` of documents already encoded (``encode(document, add_eos=False)``)."""
     if not isinstance(run.model, Transformer):
         raise ConfigError("embeddings come from an early-fusion run's aligned states")
     context = run.model.config.max_seq_len
+    longest = max((len(s) for s in seqs), default=0)
+    if longest > context:
+        raise ConfigError(f"an input holds {longest} tokens; the model's context is {context}")
     device = next(run.model.parameters()).device
     out = []
-    for k in range(0, len(documents), batch_size):
-        seqs = [run.tokenizer.encode(d, add_eos=False) for d in documents[k : k + batch_size]]
-        longest = max(len(s) for s in seqs)
-        if longest > context:
-            raise ConfigError(f"an input holds {longest} tokens; the model's context is {context}")
-        batch = pad_batch(seqs, run.tokenizer.vocab.pad_id).to(device)
+    for k in range(0, len(seqs), batch_size):
+        batch = pad_batch(list(seqs[k : k + batch_size]), run.tokenizer.vocab.pad_id).to(device)
         states = run.model(batch.ids, batch.positions, batch.modality, batch.attention_mask, hidden=True).float()
         keep = batch.attention_mask.clone()
         keep[:, 0] = False

@@ -41,7 +41,7 @@ from polymodal.content import Audio, Document, Image
 from polymodal.errors import PolymodalError
 from polymodal.generation import Finished, PartDone, SamplingConfig, TextDelta
 from polymodal.model import Transformer
-from polymodal.retrieval import embed
+from polymodal.retrieval import embed_sequences
 from polymodal.run import Run
 from polymodal.serve import schemas as S
 from polymodal.serve.batching import Engine, Job
@@ -49,7 +49,7 @@ from polymodal.serve.cache import MediaCache
 from polymodal.serve.config import ServeConfig
 from polymodal.serve.errors import APIError, from_polymodal
 from polymodal.serve.media import decode_media
-from polymodal.serve.requests import RequestReader
+from polymodal.serve.requests import RequestReader, tokens_by_modality
 from polymodal.tokenizers.document import part_modality
 
 log = logging.getLogger("polymodal.serve")
@@ -145,12 +145,16 @@ class Server:
 
     # -- reading requests
 
-    async def body(self, request: Request) -> Any:
+    def check_declared_size(self, request: Request) -> None:
+        """A body whose Content-Length is over the limit is refused before it is read."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.config.max_request_bytes:
             raise APIError(
                 413, f"the request body exceeds {self.config.max_request_bytes} bytes", code="request_too_large"
             )
+
+    async def body(self, request: Request) -> Any:
+        self.check_declared_size(request)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -178,9 +182,7 @@ class Server:
         return seq.modality, cached[0]
 
     def prompt_usage(self, modality: torch.Tensor, cached: int, usage: _Usage) -> int:
-        names = self.run.tokenizer.vocab.modalities
-        counts = torch.bincount(modality, minlength=len(names)).tolist()
-        usage.prompt = {names[i]: c for i, c in enumerate(counts) if c}
+        usage.prompt = tokens_by_modality(self.run.tokenizer.vocab, modality)
         usage.cached = cached
         return len(modality)
 
@@ -223,9 +225,8 @@ class Server:
 
     def count_completion(self, generation: Any, usage: _Usage) -> None:
         vocab = self.run.tokenizer.vocab
-        names = vocab.modalities
-        for code in vocab.modality_of(torch.tensor(generation.ids, dtype=torch.long)).tolist():
-            usage.add_completion(names[code], 1)
+        for name, count in tokens_by_modality(vocab, vocab.modality_of(generation.ids)).items():
+            usage.add_completion(name, count)
 
 
 def _constraint(run: Run, response_format: dict | None) -> Any:
@@ -278,6 +279,8 @@ def _sampling(req: Any, *, max_new_tokens: int, config: ServeConfig, default_gui
 
 
 def _audio_bytes(audio: Audio, fmt: str) -> bytes:
+    if fmt == "wav":
+        return audio.to_mono().to_wav_bytes()
     samples = np.asarray(audio.to_mono().waveform[0], dtype=np.float32)
     if fmt in ("pcm", "pcm16"):
         return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
@@ -483,9 +486,7 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_request_bytes:
-            raise APIError(413, f"the request body exceeds {config.max_request_bytes} bytes", code="request_too_large")
+        server.check_declared_size(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise APIError(400, "send the audio as multipart/form-data with a 'file' field", param="file")
         try:
@@ -693,9 +694,9 @@ async def _embedding_inputs(server: Server, req: S.EmbeddingRequest) -> list[Doc
 def _embed(server: Server, documents: list[Document]) -> tuple[list[np.ndarray], int]:
     """The run's unified embedding of each input (:func:`polymodal.retrieval.embed`) and the tokens read."""
     try:
-        tokens = sum(len(server.run.tokenizer.encode(d, add_eos=False)) for d in documents)
-        vectors = embed(server.run, documents)
+        seqs = [server.run.tokenizer.encode(d, add_eos=False) for d in documents]
+        vectors = embed_sequences(server.run, seqs)
     except PolymodalError as exc:
         code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
         raise APIError(400, f"input: {exc}", param="input", code=code) from None
-    return list(vectors.numpy()), tokens
+    return list(vectors.numpy()), sum(len(s) for s in seqs)

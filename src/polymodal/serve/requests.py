@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from polymodal.content import Document, Message, Text
 from polymodal.serve import schemas as S
 from polymodal.serve.cache import MediaCache
@@ -144,9 +146,14 @@ def request_cost(tokenizer: Any, body: Any, config: ServeConfig | None = None) -
     request = S.parse(S.ChatRequest, body)
     document = asyncio.run(RequestReader(config).document(request.messages, request.media_io_kwargs or {}))
     seq = tokenizer.encode(document, add_generation_prompt=True, add_eos=False)
-    names = tokenizer.vocab.modalities
-    counts = [int((seq.modality == code).sum()) for code in range(len(names))]
-    by_modality = {name: count for name, count in zip(names, counts, strict=True) if count}
+    by_modality = tokens_by_modality(tokenizer.vocab, seq.modality)
     asked = request.max_completion_tokens or request.max_tokens or config.max_completion_tokens
     return {"prompt_tokens": len(seq), "by_modality": by_modality, "max_completion_tokens": asked,
             "n": request.n, "max_total_tokens": request.n * (len(seq) + asked)}  # fmt: skip
+
+
+def tokens_by_modality(vocab: Any, modality: Any) -> dict[str, int]:
+    """How many tokens of each modality (by name) a tensor of modality codes holds."""
+    names = vocab.modalities
+    counts = torch.bincount(torch.as_tensor(modality, dtype=torch.long), minlength=len(names)).tolist()
+    return {names[i]: c for i, c in enumerate(counts) if c}
