@@ -21,10 +21,15 @@ import torch
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 from PIL import Image as PILImage
 
 import toys
+from media_factory import pick_codec, write_video
 from polymodal.content import Audio, Document, Image
+from polymodal.eval.cli import eval_app
+from polymodal.eval.endpoint import EndpointError, evaluate_endpoint
+from polymodal.eval.runner import evaluate
 from polymodal.generation import SamplingConfig, generate
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
@@ -225,6 +230,60 @@ def test_embeddings_decode_from_base64_and_match_floats(served, run):
     assert len(image.data[0].embedding) == run.model.config.dim
     with pytest.raises(openai.BadRequestError, match="dimensions"):
         served.client.embeddings.create(model="tiny", input="x", dimensions=3)
+
+
+def _endpoint_suite(root) -> None:
+    """Three tasks: colour questions about pictures, speech to transcribe, and a video question
+    (the served run reads no video, so both runners skip it)."""
+    def task(name: str, spec: dict, items: list[dict]) -> None:
+        (root / name).mkdir(parents=True)
+        (root / name / "task.json").write_text(json.dumps({"name": name, **spec}))
+        (root / name / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+    task("colours", {"output": "multiple_choice", "max_new_tokens": 6}, [
+        {"id": c, "input": [{"image": f"{c}.png"}, "what is this?"], "options": list(colours), "answer": c}
+        for c in colours
+    ])  # fmt: skip
+    for c, rgb in colours.items():
+        PILImage.new("RGB", (8, 8), rgb).save(root / "colours" / f"{c}.png")
+    task("heard", {"output": "transcription", "max_new_tokens": 6},
+         [{"id": str(k), "input": [{"audio": f"{k}.wav"}], "answer": "a red circle"} for k in range(2)])  # fmt: skip
+    for k in range(2):
+        (root / "heard" / f"{k}.wav").write_bytes(wav_bytes(0.3 + 0.2 * k))
+    task("clips", {"output": "multiple_choice"},
+         [{"id": "0", "input": [{"video": "clip.mp4", "fps": 2}, "which?"], "options": ["a", "b"], "answer": "a"}])
+    write_video(root / "clips" / "clip.mp4", container="mp4", video_codec=pick_codec("mpeg4", "libx264"), seconds=2)
+
+
+def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, run, tmp_path):
+    _endpoint_suite(tmp_path / "suite")
+    local = evaluate(run, tmp_path / "suite", batch_size=8)
+    remote = evaluate_endpoint(served.url + "/v1", "tiny", tmp_path / "suite", concurrency=4)
+    assert [t.name for t in remote.tasks] == ["colours", "heard"] and len(remote.answers) == 4 * 4 * 3 + 2
+    assert remote.answers == local.answers  # same greedy answers, rotations, conditions and extracted choices
+    assert [t.to_dict() for t in remote.tasks] == [t.to_dict() for t in local.tasks]
+    assert "refused" in remote.skipped["clips"] and "video" in remote.skipped["clips"]
+    usage = remote.settings["usage"]
+    assert usage["requests"] >= len(remote.answers) and usage["completion_tokens"] > 0  # + the clip's text-only asks
+    assert remote.settings["endpoint"] == served.url + "/v1" and remote.model == "tiny"
+    # frames mode sends the clip as pictures and its sound: this run takes no picture+audio question either
+    frames = evaluate_endpoint(served.url + "/v1", "tiny", tmp_path / "suite", tasks=["clips"], video="frames")
+    assert not frames.tasks and "refused" in frames.skipped["clips"]
+    # the command line, and a server that is not there
+    result = CliRunner().invoke(eval_app, ["run", "--endpoint", served.url + "/v1", "--model", "tiny", "--suite",
+                                           str(tmp_path / "suite"), "--task", "colours", "--limit", "2",
+                                           "--out", str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert written["tasks"][0]["items"] == 2 and written["settings"]["usage"]["requests"] == 2 * 4 * 3
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(EndpointError, match="cannot reach"):
+        evaluate_endpoint(f"http://127.0.0.1:{closed}/v1", "tiny", tmp_path / "suite", tasks=["colours"], max_retries=0)
+    result = CliRunner().invoke(eval_app, ["run", "--endpoint", served.url + "/v1", "--suite", "x"])
+    assert result.exit_code == 2 and "--model" in result.output
 
 
 def test_bad_requests_get_the_right_status_and_name_the_problem(served):

@@ -6,6 +6,7 @@ arguments and calls the library; the library never imports it.
 Commands::
 
     polymodal eval run RUN_DIR --suite shapes [--limit N] [--out DIR]
+    polymodal eval run --endpoint URL --model NAME --suite shapes [--api-key KEY] [--out DIR]
     polymodal eval tasks
     polymodal eval make-suite shapes --out DIR [--items N]
 """
@@ -34,11 +35,14 @@ def _fail(error: BaseException) -> None:
 
 @eval_app.command("run")
 def run_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (run.json, vocab.json, tokenizers/, weights).")],
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run folder (run.json, vocab.json, tokenizers/, weights); or --endpoint.")
+    ] = None,
     suite: Annotated[str, typer.Option(help="A built-in suite name (shapes) or a suite/task folder.")] = "shapes",
     limit: Annotated[int | None, typer.Option(help="Ask only the first N items of each task.", min=1)] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Folder for the report (default RUN_DIR/eval).")
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for the report (default RUN_DIR/eval, or eval/MODEL for --endpoint)."),
     ] = None,
     task: Annotated[list[str] | None, typer.Option("--task", help="Only this task (repeatable).")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.", min=1)] = 16,
@@ -58,19 +62,47 @@ def run_cmd(
         int | None,
         typer.Option(help="Resize pictures and video frames to this many pixels (e.g. a quickstart run's 32).", min=8),
     ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(help="Ask an OpenAI-compatible server instead of a run folder, e.g. http://127.0.0.1:8000/v1."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="With --endpoint: the model name the server serves.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="OPENAI_API_KEY", help="With --endpoint: its API key (or $OPENAI_API_KEY).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="With --endpoint: requests in flight at once.", min=1)] = 8,
+    video_as: Annotated[
+        str,
+        typer.Option(help="With --endpoint: send videos as a 'url' part (MP4) or as their 'frames' and sound."),
+    ] = "url",
 ) -> None:
-    """Evaluate a run on a suite and write report.json, report.md and answers.jsonl."""
-    from polymodal.eval.runner import evaluate
+    """Evaluate a run (or a model behind an OpenAI-compatible endpoint) on a suite and write report.json,
+    report.md and answers.jsonl."""
     from polymodal.eval.suites import resolve_suite
 
+    if (run_dir is None) == (endpoint is None):
+        _fail(PolymodalError("give a run folder or --endpoint URL (with --model), not both or neither"))
+    if endpoint is not None and not model:
+        _fail(PolymodalError("--endpoint needs --model NAME (the name the server lists at /v1/models)"))
     progress = sys.stderr.isatty()
     started = time.perf_counter()
     try:
         folder = resolve_suite(suite, limit=limit, workers=workers, progress=progress)
-        report = evaluate(run_dir, folder, limit=limit, tasks=task, batch_size=batch_size, blind=blind,
-                          progress=progress, choice=choice,
-                          video_fps=video_fps, media_size=media_size)  # fmt: skip
-        written = report.write(out or Path(run_dir) / "eval")
+        if endpoint is not None:
+            from polymodal.eval.endpoint import evaluate_endpoint
+
+            report = evaluate_endpoint(endpoint, model, folder, api_key=api_key, concurrency=concurrency,
+                                       video=video_as, limit=limit, tasks=task, blind=blind, progress=progress,
+                                       video_fps=video_fps, media_size=media_size)  # fmt: skip
+            default_out = Path("eval") / model.replace("/", "_")
+        else:
+            from polymodal.eval.runner import evaluate
+
+            report = evaluate(run_dir, folder, limit=limit, tasks=task, batch_size=batch_size, blind=blind,
+                              progress=progress, choice=choice,
+                              video_fps=video_fps, media_size=media_size)  # fmt: skip
+            default_out = Path(run_dir) / "eval"
+        written = report.write(out or default_out)
     except (PolymodalError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(report.to_markdown())
