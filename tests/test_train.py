@@ -249,6 +249,25 @@ def test_rows_follow_the_plan_and_dropout_swaps_in_unconditional_variants(corpus
     assert swapped > 5
 
 
+def test_loss_per_document_gives_every_document_one_unit_of_weight(corpus):
+    codec_vocab = DocumentTokenizer.load(corpus / "vocab").vocab
+    mixture = D.Mixture({str(corpus / "captions"): 1.0, str(corpus / "drawings"): 1.0}, codec_vocab)
+    plan = D.plan_rows(mixture, 20, 64, seed=1)
+    weights = {"image": 0.25}
+    per_token = D.PackedRows(mixture, plan, 64, codec_vocab, loss_weights=weights)
+    per_doc = D.PackedRows(mixture, plan, 64, codec_vocab, loss_weights=weights, loss_per_document=True)
+    for r in range(20):
+        (a, docs), (b, _) = per_token[r], per_doc[r]
+        assert torch.equal(a.ids, b.ids)
+        for k in range(int(docs.max()) + 1):
+            wa, wb = a.loss_weight[docs == k], b.loss_weight[docs == k]
+            if wa.sum() == 0:
+                assert wb.sum() == 0
+                continue
+            assert float(wb.sum()) == pytest.approx(1.0)
+            assert torch.allclose(wb * wa.sum(), wa)  # the same proportions inside the document
+
+
 def test_align_stage_pulls_pairs_together(corpus, tmp_path):
     pairs = {str(corpus / "captions"): 1.0, str(corpus / "sounds"): 1.0}
     align = StageConfig(name="align", objective="align", data=pairs, steps=40, batch_size=6, lr=3e-3)

@@ -173,13 +173,14 @@ class PackedRows(Dataset):
         *,
         loss_weights: Mapping[str, float] | None = None,
         cond_dropout: float = 0.0,
+        loss_per_document: bool = False,
         seed: int = 0,
     ) -> None:
         if not 0 <= cond_dropout < 1:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.mixture, self.plan, self.seq_len, self.vocab = mixture, plan, seq_len, vocab
         self.table = modality_weights(vocab, loss_weights or {})
-        self.cond_dropout, self.seed = cond_dropout, seed
+        self.cond_dropout, self.loss_per_document, self.seed = cond_dropout, loss_per_document, seed
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -190,9 +191,12 @@ class PackedRows(Dataset):
         drop = np.random.default_rng([self.seed, 2, r]).random(len(row)) < self.cond_dropout
         for slot, (source, doc) in enumerate(row):
             dataset = self.mixture.datasets[source]
-            parts.append((dataset.unconditional(doc) if drop[slot] else None) or dataset[doc])
+            part = (dataset.unconditional(doc) if drop[slot] else None) or dataset[doc]
+            weight = part.loss_weight * self.table[part.modality]
+            if self.loss_per_document and weight.sum() > 0:  # a one-word answer counts as much as a drawing
+                weight = weight / weight.sum()
+            parts.append(TokenSequence(part.ids, part.modality, part.positions, weight))
         seq = TokenSequence.cat(parts)
-        seq = TokenSequence(seq.ids, seq.modality, seq.positions, seq.loss_weight * self.table[seq.modality])
         document_ids = torch.cat([torch.full((len(p),), k, dtype=torch.long) for k, p in enumerate(parts)])
         return seq, document_ids
 

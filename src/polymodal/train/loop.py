@@ -461,7 +461,8 @@ class Trainer:
             def make(mix, n, s):
                 plan = D.plan_rows(mix, n, stage.seq_len, s)
                 return D.PackedRows(mix, plan, stage.seq_len, self.vocab, loss_weights=stage.loss_weights,
-                                    cond_dropout=stage.cond_dropout if mix is train_mix else 0.0, seed=s)  # fmt: skip
+                                    cond_dropout=stage.cond_dropout if mix is train_mix else 0.0,
+                                    loss_per_document=stage.loss_per_document, seed=s)  # fmt: skip
 
         train = make(train_mix, stage.steps * stage.batch_size, seed)
         held_out = make(eval_mix, stage.eval_batches * stage.batch_size, seed + 500) if eval_mix else None

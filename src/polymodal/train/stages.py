@@ -48,6 +48,9 @@ class StageConfig:
     freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched (e.g. "embed", "encoder")
     loss_weights: Mapping[str, float] = field(default_factory=dict)  # per modality: text, image, audio, special
     cond_dropout: float = 0.0  # chance of training a media-generating document without its conditioning (CFG)
+    # True: every document's loss tokens share one unit of weight (its weighted mean counts once), so that
+    # a one-token answer weighs as much as a 64-code drawing; False: every loss token counts once.
+    loss_per_document: bool = False
     eval_data: Mapping[str, float] = field(default_factory=dict)  # held-out mixture; empty: no evaluation
     eval_every: int = 0  # steps between evaluations (0: at the end of the stage only)
     eval_batches: int = 4
