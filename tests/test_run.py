@@ -73,6 +73,10 @@ def test_directions(codec):
     run = make_run(codec)
     assert run.supports({"image"}, "text") and run.supports({"text"}, "text")
     assert not run.supports({"audio"}, "text") and not run.supports({"text"}, "image")
+    spoken = Run(run.model, run.tokenizer, ("image+audio->text", "text->image"))
+    assert spoken.supports({"image", "audio", "text"}, "text")  # an instruction beside the media it reads
+    assert not spoken.supports({"image", "audio", "video"}, "text") and not spoken.supports({"text"}, "text")
+    assert not spoken.supports({"image", "text"}, "image")
 
 
 def test_bad_runs_are_clear_errors(tmp_path, codec):

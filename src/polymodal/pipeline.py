@@ -37,7 +37,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         for modality, run in self.specialists.items():
-            if not run.supports({modality, "text"}, "text") and not run.supports({modality}, "text"):
+            if not run.supports({modality, "text"}, "text"):
                 raise ConfigError(f"the {modality} specialist does not declare {modality}->text")
         if not self.reasoner.supports({"text"}, "text"):
             raise ConfigError("the reasoner does not declare text->text")

@@ -95,9 +95,13 @@ class Run:
         return architecture_of(self.model)
 
     def supports(self, inputs: Iterable[str], output: str) -> bool:
-        """Whether some declared direction covers these input modalities and this output."""
+        """Whether some declared direction covers these input modalities and this output. Text beside
+        media is always covered (an instruction or a question about them): a run that declares
+        ``image+audio->text`` takes a picture, a spoken question and a line of instructions."""
         wanted = set(inputs)
-        return any(out == output and wanted <= ins for ins, out in map(parse_direction, self.directions))
+        media = wanted - {"text"}
+        return any(out == output and (wanted <= ins or (media and media <= ins))
+                   for ins, out in map(parse_direction, self.directions))  # fmt: skip
 
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory).absolute()

@@ -80,7 +80,7 @@ class LocalResponder:
 
     def check(self, prompt: Document) -> None:
         media = {part_modality(p) for p in prompt.parts} - {"text"}
-        if not (self.run.supports(media | {"text"}, "text") or self.run.supports(media or {"text"}, "text")):
+        if not self.run.supports(media | {"text"}, "text"):
             raise DirectionNotSupportedError(
                 f"this run was not trained to answer {'+'.join(sorted(media)) or 'text'} in text "
                 f"(it declares: {', '.join(self.run.directions) or 'nothing'})"

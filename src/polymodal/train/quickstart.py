@@ -120,6 +120,28 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
         if line:
             say(line)
 
+    vocab_dir = prepare_data(data, config, progress=progress, step=step)
+    step("train", "4/6 train: align -> pretrain -> instruct")
+    recipe = quickstart_recipe(data / "tok", vocab=str(vocab_dir), scale=config.scale)
+    recipe = recipe.with_(seed=config.seed)
+    trainer = Trainer(recipe, out / "train", resume=(out / "train" / TRAIN_FILENAME).is_file(), progress=progress,
+                      run_dir=out / "run")  # fmt: skip
+    run = trainer.fit()
+    step("questions", "5/6 held-out questions")
+    report = evaluate_questions(run, data / "test", config.test_questions, video_fps=config.video_fps)
+    step("samples", "6/6 samples")
+    samples = write_samples(run, data / "test", out / "samples", video_fps=config.video_fps)
+    report.samples = [str(p.relative_to(out)) for p in samples]
+    step("", "")  # the last step ends
+    report.seconds = seconds
+    write_text_atomic(out / "report.json", json.dumps(asdict(report), indent=2) + "\n")
+    return report
+
+
+def prepare_data(data: Path, config: QuickstartConfig, *, progress: bool = True,
+                 step: Callable[[str, str], None] = lambda name, line: None) -> Path:  # fmt: skip
+    """Steps 1-3 into ``data``: the corpus (``corpus/``, and ``test/`` for the questions), the vocabulary
+    (returned) and the tokenized corpus (``tok/``); each part already complete is kept."""
     step("corpus", "1/6 corpus")
     for kind, n in config.corpus.items():
         _corpus(data / "corpus" / kind, kind, n, "train", config, progress)
@@ -137,21 +159,7 @@ def run_quickstart(out: str | Path, config: QuickstartConfig | None = None, *, r
     else:
         for job in jobs:
             _pretokenize(job)
-    step("train", "4/6 train: align -> pretrain -> instruct")
-    recipe = quickstart_recipe(data / "tok", vocab=str(vocab_dir), scale=config.scale)
-    recipe = recipe.with_(seed=config.seed)
-    trainer = Trainer(recipe, out / "train", resume=(out / "train" / TRAIN_FILENAME).is_file(), progress=progress,
-                      run_dir=out / "run")  # fmt: skip
-    run = trainer.fit()
-    step("questions", "5/6 held-out questions")
-    report = evaluate_questions(run, data / "test", config.test_questions, video_fps=config.video_fps)
-    step("samples", "6/6 samples")
-    samples = write_samples(run, data / "test", out / "samples", video_fps=config.video_fps)
-    report.samples = [str(p.relative_to(out)) for p in samples]
-    step("", "")  # the last step ends
-    report.seconds = seconds
-    write_text_atomic(out / "report.json", json.dumps(asdict(report), indent=2) + "\n")
-    return report
+    return vocab_dir
 
 
 def _pretokenize(job: tuple[Path, Path, Path, int, float]) -> None:
