@@ -1,6 +1,7 @@
 import json
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -296,7 +297,12 @@ def test_two_runs_of_a_tiny_model_give_identical_reports(tmp_path, tiny_run):
     assert (a / "answers.jsonl").read_text() == (b / "answers.jsonl").read_text()
     reports = [json.loads((p / "report.json").read_text()) for p in (a, b)]
     assert reports[0]["tasks"] == reports[1]["tasks"]
-    assert "## Multiple choice" in (a / "report.md").read_text()
+    assert "## Multiple choice" in (a / "report.md").read_text() and "(accuracy.png)" in (a / "report.md").read_text()
+    assert (a / "accuracy.png").read_bytes() == (b / "accuracy.png").read_bytes()  # no dates in the plot
+    with PILImage.open(a / "accuracy.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+    text_only = replace(first, tasks=[t for t in first.tasks if t.output != "multiple_choice"])
+    assert text_only.accuracy_plot() is None and not (text_only.write(tmp_path / "c") / "accuracy.png").exists()
 
 
 def test_cli_runs_a_saved_run_and_lists_tasks(tmp_path, tiny_run, monkeypatch):

@@ -655,6 +655,36 @@ def quickstart_cmd(
     typer.echo(f"run -> {out / 'run'}   samples -> {out / 'samples'}   report -> {out / 'report.json'}")
 
 
+experiment_app = typer.Typer(help="Train several designs on the same data and compare them.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("fusion")
+def experiment_fusion_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the data, the arms and the report.")] = Path(
+        "fusion"
+    ),
+    preset: Annotated[str, typer.Option(help="The backbone preset of every arm.")] = "tiny",
+    arms: Annotated[str, typer.Option(help="Comma-separated arms: early, late, pipeline.")] = "early,late,pipeline",
+    scale: Annotated[float, typer.Option(help="Multiply every arm's steps (0.1 for a smoke test).", min=0.0)] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus, the initial weights and the data order.")] = 0,
+    questions: Annotated[int, typer.Option(help="Held-out questions per input kind.", min=1)] = 100,
+    workers: Annotated[int, typer.Option(help="Processes for corpus generation.", min=1)] = 2,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted experiment in --out.")] = False,
+) -> None:
+    """Native (early) fusion vs late fusion vs a pipeline: same corpus, same backbone, same steps; one report."""
+    from polymodal.experiments.fusion import FusionConfig, report_markdown, run_fusion
+
+    try:
+        config = FusionConfig(arms=tuple(a.strip() for a in arms.split(",") if a.strip()), preset=preset, scale=scale,
+                              seed=seed, test_questions=questions, workers=workers)  # fmt: skip
+        results = run_fusion(out, config, resume=resume, progress=sys.stderr.isatty(), say=typer.echo)
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(report_markdown(results, config))
+    typer.echo(f"report -> {out / 'report.md'}")
+
+
 @app.command("sample")
 def sample_cmd(directory: Annotated[Path, typer.Argument(help="Folder to write the sample into.")]) -> None:
     """Write the built-in sample document (sample.json, a PNG and a WAV) to a folder."""

@@ -2,7 +2,8 @@
 
 ``EvalReport.write(folder)`` writes ``report.json`` (every figure with its 95% interval, the
 settings, versions and the suite's provenance), ``report.md`` (the same as tables, with chance level
-beside every accuracy and the blind baselines beside the scores with media) and ``answers.jsonl``
+beside every accuracy and the blind baselines beside the scores with media), ``accuracy.png`` (circular
+accuracy per ability, with media beside the blind conditions) and ``answers.jsonl``
 (every raw answer, its rotation and the choice read from it), so that a figure can be traced back to
 what the model said. Nothing in the report depends on the clock: the same run on the same suite
 writes the same files.
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from polymodal.eval.scoring import MultipleChoiceOutcome, Proportion, score_multiple_choice
-from polymodal.files import write_text_atomic
+from polymodal.files import write_bytes_atomic, write_text_atomic
 
 REPORT_JSON, REPORT_MARKDOWN, ANSWERS_JSONL = "report.json", "report.md", "answers.jsonl"
+ACCURACY_PNG = "accuracy.png"
+CONDITION_NAMES = {"with_media": "with media", "no_media": "no media", "swapped_media": "swapped media"}
 
 
 def group_scores(outcomes: dict[str, Sequence[MultipleChoiceOutcome]], key: str) -> dict[str, dict]:
@@ -89,7 +92,37 @@ class EvalReport:
         write_text_atomic(folder / REPORT_MARKDOWN, self.to_markdown())
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.answers)
         write_text_atomic(folder / ANSWERS_JSONL, lines)
+        plot = self.accuracy_plot()
+        if plot is not None:
+            write_bytes_atomic(folder / ACCURACY_PNG, plot)
         return folder
+
+    def accuracy_plot(self) -> bytes | None:
+        """PNG: circular accuracy per ability with 95% intervals, with media beside no media and swapped
+        media, and each ability's chance level; None without multiple-choice tasks."""
+        from polymodal.plots import grouped_bars
+
+        merged: dict[str, dict[str, list[int]]] = {}  # ability -> condition -> [correct, total, chance·total]
+        for task in self.tasks:
+            for ability, conditions in task.abilities.items():
+                for condition in CONDITION_NAMES:
+                    if condition in conditions:
+                        c = conditions[condition]["circular"]
+                        row = merged.setdefault(ability, {}).setdefault(condition, [0, 0, 0.0])
+                        row[0] += c["correct"]
+                        row[1] += c["total"]
+                        row[2] += conditions[condition]["chance_circular"] * c["total"]
+        if not merged:
+            return None
+        abilities = sorted(merged)
+        series = {}
+        for condition, label in CONDITION_NAMES.items():
+            if all(condition in merged[a] for a in abilities):
+                cells = [Proportion(*merged[a][condition][:2]).to_dict() for a in abilities]
+                series[label] = [(c["value"], c["low"], c["high"]) for c in cells]
+        chance = [merged[a]["with_media"][2] / merged[a]["with_media"][1] for a in abilities]
+        return grouped_bars(abilities, series, ylabel="circular accuracy", chance=chance,
+                            title=f"{self.model or 'model'} on {self.suite.get('name', 'the suite')}")  # fmt: skip
 
     def to_markdown(self) -> str:
         lines = [f"# Evaluation on {self.suite.get('name', 'a suite')}", ""]
@@ -101,6 +134,7 @@ class EvalReport:
         choice = [t for t in self.tasks if t.output == "multiple_choice"]
         if choice:
             lines += _choice_section(choice)
+            lines += [f"![circular accuracy per ability]({ACCURACY_PNG})", ""]
 
         def cider(t: TaskResult) -> str:
             c = t.scores["cider_d"]

@@ -225,7 +225,9 @@ class TrainBatch:
 
     @property
     def tokens(self) -> int:
-        return int((self.document_ids >= 0).sum())
+        """Real tokens of the rows (for late fusion, the text stream's and the media stream's)."""
+        media = int(self.media.valid.sum()) if self.media is not None else 0
+        return int((self.document_ids >= 0).sum()) + media
 
     def model_inputs(self) -> dict:
         inputs = {

@@ -234,10 +234,12 @@ def _question_prompt(document: Document, *, blind: bool) -> tuple[Document, str]
 
 
 def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8, *,
-                       video_fps: float | None = None) -> QuickstartReport:  # fmt: skip
+                       video_fps: float | None = None,
+                       prepare: Callable[[Document], Document] | None = None) -> QuickstartReport:  # fmt: skip
     """Held-out corpus questions, asked with and without their media: a question is answered right
     when the option the run finds likeliest as its answer is the reference (4 options, so chance is
-    25%, as in lm-evaluation-harness's multiple choice)."""
+    25%, as in lm-evaluation-harness's multiple choice). ``prepare`` rewrites each prompt before the
+    run reads it (a pipeline's media → text descriptions)."""
     accuracy, blind, by_ability = {}, {}, {}
     for name, kind in QUESTIONS.items():
         samples = list(itertools.islice(read_shards(test_dir / kind, video_fps=video_fps), limit))
@@ -245,6 +247,7 @@ def evaluate_questions(run: Run, test_dir: Path, limit: int, batch_size: int = 8
         right = {}
         for target, is_blind in ((accuracy, False), (blind, True)):
             prompts = [_question_prompt(s.document, blind=is_blind)[0] for s in samples]
+            prompts = [prepare(p) for p in prompts] if prepare is not None else prompts
             right[is_blind] = []
             for k in range(0, len(samples), batch_size):
                 chunk = questions[k : k + batch_size]
