@@ -11,10 +11,13 @@ from typer.testing import CliRunner
 
 import toys
 from polymodal.content import Audio, Document, Image, Text
+from polymodal.data.shapes.render import render_scene
 from polymodal.errors import ConfigError
 from polymodal.eval import scoring
+from polymodal.eval.attributes import ATTRIBUTES, draw_scene
 from polymodal.eval.cli import eval_app
-from polymodal.eval.runner import GenerationSettings, evaluate, evaluate_responder
+from polymodal.eval.probes import ImageProbes, ProbeSettings
+from polymodal.eval.runner import GenerationSettings, evaluate, evaluate_responder, item_seed
 from polymodal.eval.scoring import (
     MultipleChoiceOutcome,
     cider_d,
@@ -26,8 +29,8 @@ from polymodal.eval.scoring import (
     wilson_interval,
     word_errors,
 )
-from polymodal.eval.suites import SHAPES_TASKS, write_shapes_suite
-from polymodal.eval.tasks import list_tasks, load_suite, load_task
+from polymodal.eval.suites import SHAPES_TASKS, make_item, write_shapes_suite
+from polymodal.eval.tasks import list_tasks, load_suite, load_task, write_task_files
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
@@ -404,3 +407,83 @@ def test_media_size_resizes_pictures_and_video_frames(tmp_path, monkeypatch):
     frames = cache(MediaRef("video", tmp_path / "a.mp4", fps=2.0)).frames
     assert [f.image.size for f in frames] == [(32, 24)] * 3 and [f.time for f in frames] == [0.0, 0.5, 1.0]
     assert runner._MediaCache()(MediaRef("image", tmp_path / "b.png")) is picture  # no media_size: untouched
+
+
+# -- text to image: attribute probes -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return ImageProbes.train(ProbeSettings(size=32, examples=1200, steps=250, batch_size=48))
+
+
+def test_probes_read_true_pictures_and_survive_a_round_trip(probes, tmp_path):
+    chance = {a: 1 / len(v) for a, v in ATTRIBUTES.items()}
+    assert set(probes.held_out) == set(ATTRIBUTES)
+    assert probes.held_out["colour"] > 0.8 and probes.held_out["position"] > 0.8
+    assert probes.held_out["count"] > 2 * chance["count"]  # (shape needs 64 px, the default, and longer)
+    rng = np.random.default_rng(3)
+    scenes = [draw_scene(rng, colour="red", shape="circle", position="top left") for _ in range(6)]
+    pictures = [render_scene(s, size=64) for s in scenes]
+    read = probes.read(pictures)
+    assert sum(r["colour"] == "red" for r in read) >= 5
+    folder = probes.save(tmp_path / "probes")
+    again = ImageProbes.load(folder)
+    assert again.read(pictures) == read and again.held_out == probes.held_out
+    meta = json.loads((folder / "probes.json").read_text())
+    meta["attributes"]["colour"] = ["red"]
+    (folder / "probes.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="other attributes"):
+        ImageProbes.load(folder)
+
+
+class Copier:
+    """Draws the item's true picture when the caption names a colour in ``honest``, else a grey square."""
+
+    def __init__(self, task_folder, honest: set[str]) -> None:
+        self.pictures = {json.loads(line)["input"][0]: json.loads(line)["meta"]["reference"]
+                         for line in (task_folder / "items.jsonl").read_text().splitlines()}  # fmt: skip
+        self.folder, self.honest = task_folder, honest
+        self.seeds = []
+
+    def __call__(self, prompts, settings):  # noqa: ANN001, ANN204
+        raise AssertionError("a drawing task asks for pictures only")
+
+    def draw(self, prompts, seeds):  # noqa: ANN001, ANN201
+        self.seeds += list(seeds)
+        out = []
+        for prompt in prompts:
+            text = prompt.parts[0].text
+            if any(c in text for c in self.honest):
+                out.append(Image.open(self.folder / self.pictures[text]))
+            else:
+                out.append(Image(PILImage.new("RGB", (64, 64), (128, 128, 128))))
+        return out
+
+
+def test_text_to_image_task_scores_pictures_against_the_ceiling(tmp_path, probes):
+    suite, task = tmp_path / "suite", SHAPES_TASKS["text-to-image"]
+    folder = suite / "text-to-image"
+    made = [make_item("text-to-image", i) for i in range(24)]
+    for _, media in made:
+        for relative, data in media.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(data)
+    write_task_files(folder, task.spec, [record for record, _ in made])
+    items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+    assert len(items) == 24 and all((folder / item["meta"]["reference"]).is_file() for item in items)
+    assert {"count", "colour", "shape"} <= {a for item in items for a in item["meta"]["attributes"]}
+    honest = Copier(folder, {"red", "blue", "green", "yellow", "purple", "orange", "pink"})
+    perfect = evaluate_responder(honest, suite, tasks=["text-to-image"], probes=probes)
+    scores = perfect.task("text-to-image").scores
+    for s in scores["attributes"].values():
+        assert s["generated"] == s["reference"]  # the true pictures, read as the ceiling reads them
+    blank = evaluate_responder(Copier(folder, set()), suite, tasks=["text-to-image"], probes=probes)
+    colour = blank.task("text-to-image").scores["attributes"]["colour"]
+    assert colour["generated"]["value"] <= 0.25 < colour["reference"]["value"]
+    assert honest.seeds == [item_seed(item["id"]) for item in items]
+    written = perfect.write(tmp_path / "report")
+    assert len(list((written / "samples" / "text-to-image").glob("*.png"))) == 24
+    assert "## Generated images" in (written / "report.md").read_text()
+    rows = [json.loads(line) for line in (written / "answers.jsonl").read_text().splitlines()]
+    assert rows[0]["answer"].startswith("samples/text-to-image/") and set(rows[0]["read"]) == set(rows[0]["named"])

@@ -21,15 +21,18 @@ import torch
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 from PIL import Image as PILImage
+from typer.testing import CliRunner
 
 import toys
 from media_factory import pick_codec, write_video
 from polymodal.content import Audio, Document, Image
 from polymodal.eval.cli import eval_app
 from polymodal.eval.endpoint import EndpointError, evaluate_endpoint
+from polymodal.eval.probes import ImageProbes, ProbeSettings
 from polymodal.eval.runner import evaluate
+from polymodal.eval.suites import SHAPES_TASKS, make_item
+from polymodal.eval.tasks import write_task_files
 from polymodal.generation import SamplingConfig, generate
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
@@ -233,8 +236,9 @@ def test_embeddings_decode_from_base64_and_match_floats(served, run):
 
 
 def _endpoint_suite(root) -> None:
-    """Three tasks: colour questions about pictures, speech to transcribe, and a video question
-    (the served run reads no video, so both runners skip it)."""
+    """Four tasks: colour questions about pictures, speech to transcribe, captions to draw, and a video
+    question (the served run reads no video, so both runners skip it)."""
+
     def task(name: str, spec: dict, items: list[dict]) -> None:
         (root / name).mkdir(parents=True)
         (root / name / "task.json").write_text(json.dumps({"name": name, **spec}))
@@ -251,17 +255,29 @@ def _endpoint_suite(root) -> None:
          [{"id": str(k), "input": [{"audio": f"{k}.wav"}], "answer": "a red circle"} for k in range(2)])  # fmt: skip
     for k in range(2):
         (root / "heard" / f"{k}.wav").write_bytes(wav_bytes(0.3 + 0.2 * k))
-    task("clips", {"output": "multiple_choice"},
-         [{"id": "0", "input": [{"video": "clip.mp4", "fps": 2}, "which?"], "options": ["a", "b"], "answer": "a"}])
+    task(
+        "clips",
+        {"output": "multiple_choice"},
+        [{"id": "0", "input": [{"video": "clip.mp4", "fps": 2}, "which?"], "options": ["a", "b"], "answer": "a"}],
+    )
     write_video(root / "clips" / "clip.mp4", container="mp4", video_codec=pick_codec("mpeg4", "libx264"), seconds=2)
+    drawings = [make_item("text-to-image", i) for i in range(3)]
+    for _, media in drawings:
+        for relative, data in media.items():
+            (root / "draw" / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / "draw" / relative).write_bytes(data)
+    write_task_files(root / "draw", SHAPES_TASKS["text-to-image"].spec, [record for record, _ in drawings])
 
 
 def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, run, tmp_path):
     _endpoint_suite(tmp_path / "suite")
-    local = evaluate(run, tmp_path / "suite", batch_size=8)
-    remote = evaluate_endpoint(served.url + "/v1", "tiny", tmp_path / "suite", concurrency=4)
-    assert [t.name for t in remote.tasks] == ["colours", "heard"] and len(remote.answers) == 4 * 4 * 3 + 2
+    probes = ImageProbes.train(ProbeSettings(size=32, examples=100, steps=5))
+    local = evaluate(run, tmp_path / "suite", batch_size=8, probes=probes)
+    remote = evaluate_endpoint(served.url + "/v1", "tiny", tmp_path / "suite", concurrency=4, probes=probes)
+    assert [t.name for t in remote.tasks] == ["colours", "text-to-image", "heard"]
+    assert len(remote.answers) == 4 * 4 * 3 + 3 + 2
     assert remote.answers == local.answers  # same greedy answers, rotations, conditions and extracted choices
+    assert remote.media == local.media and len(remote.media) == 3  # the same seeded pictures, PNG for PNG
     assert [t.to_dict() for t in remote.tasks] == [t.to_dict() for t in local.tasks]
     assert "refused" in remote.skipped["clips"] and "video" in remote.skipped["clips"]
     usage = remote.settings["usage"]

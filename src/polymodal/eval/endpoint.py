@@ -11,6 +11,8 @@ temperature 0. Media go the way OpenAI's chat API takes them:
   servers that take no video, as its sampled frames (``image_url`` parts) followed by its sound track
   (``input_audio``) (``video="frames"``).
 
+Text-to-image items go to ``/v1/images/generations`` (``b64_json``), each with its own ``seed``.
+
 A plain (role-less) prompt is sent as one user message: an endpoint only speaks chat. A request the
 endpoint refuses as bad (HTTP 400/422: a modality it does not take, a size over its limits) skips its
 task, with the endpoint's message as the reason in the report; a connection, authentication or
@@ -137,7 +139,8 @@ class EndpointResponder:
         except openai.AuthenticationError as exc:
             raise EndpointError(f"the endpoint refused the API key (--api-key): {_message(exc)}") from None
         except openai.NotFoundError as exc:
-            raise EndpointError(f"not found at {self.client.base_url} (model {self.model!r}?): {_message(exc)}") from None
+            where = f"{self.client.base_url} (model {self.model!r}?)"
+            raise EndpointError(f"not found at {where}: {_message(exc)}") from None
         except openai.APIConnectionError as exc:
             raise EndpointError(f"cannot reach {self.client.base_url}: {exc}") from None
         except openai.APIStatusError as exc:
@@ -148,6 +151,40 @@ class EndpointResponder:
                 self.usage["prompt_tokens"] += reply.usage.prompt_tokens
                 self.usage["completion_tokens"] += reply.usage.completion_tokens
         return reply.choices[0].message.content or ""
+
+    def _draw(self, document: Document, seed: int) -> Image:
+        import openai
+
+        from polymodal.eval.runner import DRAW_SAMPLING
+
+        if any(not isinstance(p, Text) for p in document.parts):
+            raise DirectionNotSupportedError("an images endpoint takes a text prompt only")
+        prompt = " ".join(p.text for p in document.parts)
+        try:
+            reply = self.client.images.generate(
+                model=self.model, prompt=prompt, n=1, response_format="b64_json",
+                extra_body={"seed": seed, "guidance_scale": DRAW_SAMPLING["guidance_scale"]},
+            )  # fmt: skip
+        except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
+            raise DirectionNotSupportedError(f"the endpoint does not draw this: {_message(exc)}") from None
+        except openai.APIConnectionError as exc:
+            raise EndpointError(f"cannot reach {self.client.base_url}: {exc}") from None
+        except openai.APIStatusError as exc:
+            raise EndpointError(f"the endpoint failed with HTTP {exc.status_code}: {_message(exc)}") from None
+        with self._lock:
+            self.usage["requests"] += 1
+        return Image.from_bytes(base64.b64decode(reply.data[0].b64_json), name="generated picture")
+
+    def draw(self, prompts: Sequence[Document], seeds: Sequence[int]) -> list[Image]:
+        """One picture per prompt from ``/v1/images/generations`` (b64_json), with the item's seed and
+        the guidance scale the local runner uses (extra body fields, which other servers may ignore)."""
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = [pool.submit(self._draw, p, s) for p, s in zip(prompts, seeds, strict=True)]
+            try:
+                return [f.result() for f in futures]
+            finally:
+                for f in futures:
+                    f.cancel()
 
     def __call__(self, prompts: Sequence[Document], settings) -> list[str]:  # noqa: ANN001 (GenerationSettings)
         with ThreadPoolExecutor(self.concurrency) as pool:

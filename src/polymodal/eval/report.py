@@ -75,6 +75,7 @@ class EvalReport:
     tasks: list[TaskResult]
     skipped: dict[str, str]
     answers: list[dict]
+    media: dict[str, bytes] = field(default_factory=dict, repr=False)  # generated samples: relative path -> bytes
 
     def task(self, name: str) -> TaskResult:
         return next(t for t in self.tasks if t.name == name)
@@ -92,6 +93,9 @@ class EvalReport:
         write_text_atomic(folder / REPORT_MARKDOWN, self.to_markdown())
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.answers)
         write_text_atomic(folder / ANSWERS_JSONL, lines)
+        for relative, data in self.media.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(folder / relative, data)
         plot = self.accuracy_plot()
         if plot is not None:
             write_bytes_atomic(folder / ACCURACY_PNG, plot)
@@ -151,6 +155,25 @@ class EvalReport:
             if tasks:
                 lines += [f"## {title}", "", f"| task | items | {columns} |", "|---|---:|---|---|"]
                 lines += [f"| {t.name} | {t.items} | {cells(t)} |" for t in tasks] + [""]
+        drawn = [t for t in self.tasks if t.output == "image"]
+        if drawn:
+            lines += [
+                "## Generated images",
+                "",
+                "Each attribute a caption names, as the probes read it from the generated picture, beside "
+                "what they read from a true picture of the caption (the ceiling).",
+                "",
+                "| task | items | attribute | generated | true picture (ceiling) |",
+                "|---|---:|---|---|---|",
+            ]
+            for t in drawn:
+                rows = {**t.scores["attributes"], "all named": t.scores["all_named"]}
+                lines += [
+                    f"| {t.name} | {s['generated']['total']} | {name} | {_pct(s['generated'])} | "
+                    f"{_pct(s['reference'])} |"
+                    for name, s in rows.items()
+                ]
+            lines += ["", "The pictures are in `samples/`.", ""]
         if self.skipped:
             lines += ["## Skipped", ""] + [f"- {name}: {why}" for name, why in self.skipped.items()] + [""]
         lines += [

@@ -9,8 +9,9 @@ and hand itself to :func:`evaluate_responder`.
 For every task the runner builds all prompts (:mod:`~polymodal.eval.prompts`: every rotation, and for
 multiple choice the blind conditions), asks them in batches, extracts choices and scores
 (:mod:`~polymodal.eval.scoring`), and collects the raw answers so that they are saved beside the
-report. Tasks whose output has no scorer here (``image``, ``speech``) and tasks the run declares no
-direction for are skipped, with the reason in the report.
+report. Pictures drawn for ``image`` tasks are judged by attribute probes
+(:mod:`~polymodal.eval.probes`) and saved beside the report. Tasks whose output has no scorer here
+(``speech``) and tasks the run declares no direction for are skipped, with the reason in the report.
 
 This module knows nothing about the command line.
 """
@@ -18,6 +19,7 @@ This module knows nothing about the command line.
 from __future__ import annotations
 
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 import polymodal
 from polymodal.content import Document, Image, Part, Video
 from polymodal.errors import ConfigError
+from polymodal.eval.probes import ImageProbes, load_probes
 from polymodal.eval.prompts import CONDITIONS, Prompt, task_prompts
 from polymodal.eval.report import EvalReport, TaskResult, group_scores
 from polymodal.eval.scoring import (
@@ -49,7 +52,13 @@ from polymodal.generation import DirectionNotSupportedError, SamplingConfig, gen
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
 
-SCORED_OUTPUTS = ("multiple_choice", "text", "transcription")
+SCORED_OUTPUTS = ("multiple_choice", "text", "transcription", "image")
+DRAW_SAMPLING = {"temperature": 1.0, "guidance_scale": 3.0}  # as polymodal serve's /v1/images/generations
+
+
+def item_seed(item_id: str) -> int:
+    """The sampling seed of an item's generated media: fixed by its id alone."""
+    return zlib.crc32(item_id.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,19 @@ class LocalResponder:
             batch = prompts[start : start + self.batch_size]
             answers += [g.part.text for g in generate(self.run, batch, sampling=sampling, check_direction=False)]
         return answers
+
+    def draw(self, prompts: Sequence[Document], seeds: Sequence[int]) -> list[Image]:
+        """One picture per prompt, sampled as the server's ``/v1/images/generations`` samples
+        (:data:`DRAW_SAMPLING`), each under its own seed so that it does not depend on the batch."""
+        if self.check_direction and not self.run.supports({"text"}, "image"):
+            raise DirectionNotSupportedError(
+                f"this run was not trained to draw (it declares: {', '.join(self.run.directions) or 'nothing'})"
+            )
+        return [
+            generate(self.run, prompt, output="image", check_direction=False,
+                     sampling=SamplingConfig(max_new_tokens=1, seed=seed, **DRAW_SAMPLING))[0].part
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]  # fmt: skip
 
 
 class LikelihoodResponder(LocalResponder):
@@ -243,6 +265,53 @@ def score_text_task(task: Task, rows: list[dict]) -> TaskResult:
                       scores=scores)  # fmt: skip
 
 
+def draw_task(
+    responder: Responder, task: Task, probes: ImageProbes, *, chunk: int = 16, progress: bool = False
+) -> tuple[TaskResult, list[dict], dict[str, bytes]]:
+    """Ask the responder to draw every item's caption; the probes read each picture and the item's true
+    picture (``meta.reference``, the ceiling); returns the result, the answer rows and the pictures."""
+    draw = getattr(responder, "draw", None)
+    if draw is None:
+        raise DirectionNotSupportedError("this responder does not draw pictures")
+    cache = _MediaCache()
+    images: list[Image] = []
+    with tqdm(total=len(task.items), desc=task.name, unit="picture", disable=not progress) as bar:
+        for start in range(0, len(task.items), chunk):
+            items = task.items[start : start + chunk]
+            prompts = []
+            for item in items:
+                parts = [cache(p) if isinstance(p, MediaRef) else p for p in item.input]
+                prompts.append(Document.chat(("user", parts)) if task.spec.chat else Document.of(*parts))
+            images += draw(prompts, [item_seed(item.id) for item in items])
+            bar.update(len(items))
+    references = [Image.open(task.path / item.meta["reference"]) for item in task.items]
+    read, truth = probes.read(images), probes.read(references)
+    counts: dict[str, list[int]] = {}  # attribute -> [generated right, reference right, items]
+    rows, media, every = [], {}, [0, 0]
+    for item, image, seen, ceiling in zip(task.items, images, read, truth, strict=True):
+        named = item.meta.get("attributes", {})
+        for attribute, value in named.items():
+            tally = counts.setdefault(attribute, [0, 0, 0])
+            tally[0] += seen[attribute] == value
+            tally[1] += ceiling[attribute] == value
+            tally[2] += 1
+        every[0] += all(seen[a] == v for a, v in named.items())
+        every[1] += all(ceiling[a] == v for a, v in named.items())
+        path = f"samples/{task.name}/{item.id}.png"
+        media[path] = image.to_png_bytes()
+        read_named, reference_named = {a: seen[a] for a in named}, {a: ceiling[a] for a in named}
+        rows.append({"task": task.name, "id": item.id, "answer": path, "named": named, "read": read_named,
+                     "read_reference": reference_named})  # fmt: skip
+    attributes = {a: {"generated": Proportion(g, n).to_dict(), "reference": Proportion(r, n).to_dict()}
+                  for a, (g, r, n) in sorted(counts.items())}  # fmt: skip
+    n = len(task.items)
+    scores = {"attributes": attributes, "all_named": {"generated": Proportion(every[0], n).to_dict(),
+                                                      "reference": Proportion(every[1], n).to_dict()},
+              "probes_held_out": dict(probes.held_out)}  # fmt: skip
+    result = TaskResult(name=task.name, output=task.spec.output, metric=task.spec.metric, items=n, scores=scores)
+    return result, rows, media
+
+
 def evaluate_responder(
     responder: Responder,
     suite: Suite | str | os.PathLike,
@@ -255,19 +324,32 @@ def evaluate_responder(
     settings: dict | None = None,
     video_fps: float | None = None,
     media_size: int | None = None,
+    probes: ImageProbes | None = None,
 ) -> EvalReport:
     """Ask every task of ``suite`` (its first ``limit`` items each) to ``responder`` and score it.
 
-    ``blind=False`` skips the no-media and swapped-media conditions of multiple-choice tasks.
+    ``blind=False`` skips the no-media and swapped-media conditions of multiple-choice tasks. Pictures
+    are judged by ``probes`` (default: :func:`~polymodal.eval.probes.load_probes`, trained once).
     """
     suite = suite if isinstance(suite, Suite) else load_suite(suite, tasks=tasks)
-    results, skipped, answers = [], {}, []
+    results, skipped, answers, media = [], {}, [], {}
     for task in suite.tasks:
         if tasks is not None and task.name not in tasks:
             continue
         task = task.limited(limit)
         if task.spec.output not in SCORED_OUTPUTS:
             skipped[task.name] = f"{task.spec.output} outputs are not scored by this runner yet"
+            continue
+        if task.spec.output == "image":
+            try:
+                probes = probes or load_probes(progress=progress)
+                result, rows, pictures = draw_task(responder, task, probes, progress=progress)
+            except DirectionNotSupportedError as exc:
+                skipped[task.name] = str(exc)
+                continue
+            results.append(result)
+            answers += rows
+            media.update(pictures)
             continue
         prompts = task_prompts(task, blind=blind)
         try:
@@ -284,7 +366,7 @@ def evaluate_responder(
                 **(settings or {})}  # fmt: skip
     versions = {"polymodal": polymodal.__version__, "jiwer": _version("jiwer")}
     return EvalReport(suite=info, model=model_name, settings=settings, versions=versions, tasks=results,
-                      skipped=skipped, answers=answers)  # fmt: skip
+                      skipped=skipped, answers=answers, media=media)  # fmt: skip
 
 
 def evaluate(
@@ -300,6 +382,7 @@ def evaluate(
     choice: str = "generate",
     video_fps: float | None = None,
     media_size: int | None = None,
+    probes: ImageProbes | None = None,
 ) -> EvalReport:
     """Evaluate a run (loaded, or its folder) on a suite folder with :class:`LocalResponder`, or with
     :class:`LikelihoodResponder` when ``choice="likelihood"``."""
@@ -311,7 +394,7 @@ def evaluate(
     responder = kind(loaded, batch_size=batch_size, check_direction=check_direction)
     return evaluate_responder(responder, suite, limit=limit, tasks=tasks, blind=blind, model_name=name,
                               progress=progress, settings={"batch_size": batch_size, "choice": choice},
-                              video_fps=video_fps, media_size=media_size)  # fmt: skip
+                              video_fps=video_fps, media_size=media_size, probes=probes)  # fmt: skip
 
 
 def _version(package: str) -> str:

@@ -13,6 +13,8 @@ Tasks, one ability each::
     audio-visual-timing   video with its audio track + "which object appeared when the sound played?"
     caption               image -> text, five references per image          CIDEr-D, exact match
     transcription         speech -> text                                    WER
+    text-to-image         caption -> picture                                attribute probes (colour, shape,
+                                                                            position, count) vs a true picture
 
 Perception items are the test-split ``image_qa`` samples whose first question tests that ability,
 in index order. Caption references are the sample's caption and four more captions of the same
@@ -42,11 +44,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from polymodal.data.shapes import GENERATOR_VERSION, Scene, make_sample, sample_rng
-from polymodal.data.shapes.language import caption
+from polymodal.data.shapes.language import caption, listing_sentence, position_phrase, sentence
+from polymodal.data.shapes.render import render_scene
 from polymodal.data.shapes.samples import ShapesConfig
 from polymodal.data.shapes.shards import flac_bytes
 from polymodal.data.shapes.video import encode_mp4
 from polymodal.errors import ConfigError
+from polymodal.eval.attributes import COUNT_WORDS, draw_scene
 from polymodal.eval.scoring import items_for_margin
 from polymodal.eval.tasks import (
     MULTIPLE_CHOICE_PROMPT,
@@ -117,6 +121,13 @@ SHAPES_TASKS: dict[str, ShapesTask] = {
                  max_new_tokens=64, description="Write down what a voice says."),
         "speech/recognition", "speech",
     ),
+    "text-to-image": ShapesTask(
+        "text_to_image",
+        TaskSpec(name="text-to-image", output="image", metric="probe_accuracy", prompt="", chat=False,
+                 description="Draw a picture from a caption (continues the caption, as drawing is trained); "
+                             "judged by attribute probes against a true picture of the caption."),
+        "generation/image", "generation",
+    ),
 }  # fmt: skip
 
 
@@ -144,6 +155,8 @@ def make_item(task_name: str, index: int, *, seed: int = 0) -> tuple[dict, dict[
     """Item ``index`` of a shapes task: its ``items.jsonl`` record and media files (relative path ->
     bytes), or None when the sample at ``index`` does not belong to the task (perception tasks)."""
     task = SHAPES_TASKS[task_name]
+    if task.kind == "text_to_image":
+        return _drawing_item(task, index, seed)
     config = ShapesConfig()
     sample = make_sample(task.kind, index, seed=seed, split=SPLIT, config=config)
     truth, key = sample.meta["truth"], sample.key
@@ -180,6 +193,30 @@ def make_item(task_name: str, index: int, *, seed: int = 0) -> tuple[dict, dict[
         record = item_record(key, parts, answer=truth["text"], ability=task.ability, category=task.category,
                              meta=meta)  # fmt: skip
     return record, media
+
+
+def _drawing_item(task: ShapesTask, index: int, seed: int) -> tuple[dict, dict[str, bytes]]:
+    """A caption in the corpus's words naming a lone object (colour, shape, and half the time its place)
+    or 2-4 objects (the count), with a true picture of it (``meta.reference``) and what it names."""
+    rng = sample_rng(seed, SPLIT, "eval:text-to-image", index)
+    if rng.random() < 0.75:
+        scene = draw_scene(rng)
+        obj = scene.objects[0]
+        text = listing_sentence(scene, rng)
+        attributes = {"colour": obj.colour, "shape": obj.shape}
+        if obj.position is not None and rng.random() < 0.5:
+            text += " " + sentence(f"the {obj.name} is {position_phrase(obj.position)}")
+            attributes["position"] = obj.position
+    else:
+        count = COUNT_WORDS[int(rng.integers(1, len(COUNT_WORDS)))]
+        scene = draw_scene(rng, count=count)
+        text = listing_sentence(scene, rng)
+        attributes = {"count": count}
+    key = f"text_to_image-{SPLIT}-{seed}-{index:07d}"
+    reference = f"reference/{key}.png"
+    meta = {"attributes": attributes, "reference": reference, "scene": scene.to_dict()}
+    record = item_record(key, [text], ability=task.ability, category=task.category, meta=meta)
+    return record, {reference: render_scene(scene, size=64).to_png_bytes()}
 
 
 def _make_chunk(job: tuple[str, int, int, int]) -> list[tuple[dict, dict[str, bytes]] | None]:
