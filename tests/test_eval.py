@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import toys
 from polymodal.content import Audio, Document, Image, Text
 from polymodal.data.shapes.render import render_scene
+from polymodal.data.shapes.speech import speak
 from polymodal.errors import ConfigError
 from polymodal.eval import scoring
 from polymodal.eval.attributes import ATTRIBUTES, draw_scene
@@ -29,6 +30,7 @@ from polymodal.eval.scoring import (
     wilson_interval,
     word_errors,
 )
+from polymodal.eval.speech_judge import SpeechJudge, bigram_arpa, judge_sentences
 from polymodal.eval.suites import SHAPES_TASKS, make_item, write_shapes_suite
 from polymodal.eval.tasks import list_tasks, load_suite, load_task, write_task_files
 from polymodal.model import Transformer, preset
@@ -487,3 +489,65 @@ def test_text_to_image_task_scores_pictures_against_the_ceiling(tmp_path, probes
     assert "## Generated images" in (written / "report.md").read_text()
     rows = [json.loads(line) for line in (written / "answers.jsonl").read_text().splitlines()]
     assert rows[0]["answer"].startswith("samples/text-to-image/") and set(rows[0]["read"]) == set(rows[0]["named"])
+
+
+# -- text to speech: an independent recogniser ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    return SpeechJudge.build(tmp_path_factory.mktemp("judge"), judge_sentences(600))
+
+
+def test_language_model_is_a_valid_backoff_bigram():
+    arpa = bigram_arpa(["a red circle", "a blue circle", "which shape is red"])
+    head, unigrams, bigrams = arpa.split("\\1-grams:")[0], *arpa.split("\\1-grams:")[1].split("\\2-grams:")
+    assert "ngram 1=9" in head and "ngram 2=11" in head  # 7 words + <s> </s>; 11 distinct pairs
+    pairs = [line.split() for line in bigrams.split("\\end\\")[0].strip().splitlines()]
+    after_a = [float(p) for p, first, _ in pairs if first == "a"]
+    assert sum(10**p for p in after_a) == pytest.approx(1 - 0.5 * 2 / 2)  # "a red", "a blue": half a count each
+    assert all(len(line.split()) == 3 for line in unigrams.strip().splitlines())
+    with pytest.raises(ConfigError, match="sentences with words"):
+        bigram_arpa(["", "?"])
+
+
+def test_the_judge_hears_espeak_and_not_a_tone(judge):
+    sentences = ["what is the yellow shape", "how many squares are there", "where is the pink star"]
+    heard = [judge.transcribe(speak(s)) for s in sentences]
+    errors = sum(word_errors(s, h)[0] for s, h in zip(sentences, heard, strict=True))
+    assert errors <= 8, heard  # of 15 words: eSpeak is hard for it (about half its words in the floor), never none
+    tone = Audio(np.sin(np.arange(32000) * 2 * np.pi * 440 / 16000).astype(np.float32)[None] * 0.3, 16000)
+    assert word_errors(sentences[0], judge.transcribe(tone))[0] >= 3
+
+
+class Speaker:
+    """Says each sentence with eSpeak NG when ``honest``, else stays silent for a second."""
+
+    def __init__(self, honest: bool) -> None:
+        self.honest = honest
+
+    def __call__(self, prompts, settings):  # noqa: ANN001, ANN204
+        raise AssertionError("a speech task asks for clips only")
+
+    def say(self, prompts, seeds):  # noqa: ANN001, ANN201
+        return [speak(p.parts[0].text) if self.honest else Audio(np.zeros((1, 16000), np.float32), 16000)
+                for p in prompts]  # fmt: skip
+
+
+def test_text_to_speech_task_scores_clips_against_the_floor(tmp_path, judge):
+    folder = tmp_path / "suite" / "text-to-speech"
+    made = [make_item("text-to-speech", i) for i in range(6)]
+    for _, media in made:
+        for relative, data in media.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(data)
+    write_task_files(folder, SHAPES_TASKS["text-to-speech"].spec, [record for record, _ in made])
+    honest = evaluate_responder(Speaker(True), tmp_path / "suite", judge=judge)
+    silent = evaluate_responder(Speaker(False), tmp_path / "suite", judge=judge)
+    wer = honest.task("text-to-speech").scores["asr_wer"]
+    assert wer["generated"]["value"] < 0.8 and wer["reference"]["value"] < 0.8
+    assert silent.task("text-to-speech").scores["asr_wer"]["generated"]["value"] >= 0.9
+    assert silent.task("text-to-speech").scores["asr_wer"]["reference"] == wer["reference"]  # the same floor
+    written = honest.write(tmp_path / "report")
+    assert len(list((written / "samples" / "text-to-speech").glob("*.wav"))) == 6
+    assert "## Generated speech" in (written / "report.md").read_text()

@@ -31,6 +31,7 @@ from polymodal.eval.cli import eval_app
 from polymodal.eval.endpoint import EndpointError, evaluate_endpoint
 from polymodal.eval.probes import ImageProbes, ProbeSettings
 from polymodal.eval.runner import evaluate
+from polymodal.eval.speech_judge import SpeechJudge, judge_sentences
 from polymodal.eval.suites import SHAPES_TASKS, make_item
 from polymodal.eval.tasks import write_task_files
 from polymodal.generation import SamplingConfig, generate
@@ -236,8 +237,8 @@ def test_embeddings_decode_from_base64_and_match_floats(served, run):
 
 
 def _endpoint_suite(root) -> None:
-    """Four tasks: colour questions about pictures, speech to transcribe, captions to draw, and a video
-    question (the served run reads no video, so both runners skip it)."""
+    """Colour questions about pictures, speech to transcribe, captions to draw, sentences to say, and a
+    video question (the served run reads no video, so both runners skip it)."""
 
     def task(name: str, spec: dict, items: list[dict]) -> None:
         (root / name).mkdir(parents=True)
@@ -267,17 +268,25 @@ def _endpoint_suite(root) -> None:
             (root / "draw" / relative).parent.mkdir(parents=True, exist_ok=True)
             (root / "draw" / relative).write_bytes(data)
     write_task_files(root / "draw", SHAPES_TASKS["text-to-image"].spec, [record for record, _ in drawings])
+    sentences = [make_item("text-to-speech", i) for i in range(2)]
+    for _, media in sentences:
+        for relative, data in media.items():
+            (root / "say" / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / "say" / relative).write_bytes(data)
+    write_task_files(root / "say", SHAPES_TASKS["text-to-speech"].spec, [record for record, _ in sentences])
 
 
 def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, run, tmp_path):
     _endpoint_suite(tmp_path / "suite")
     probes = ImageProbes.train(ProbeSettings(size=32, examples=100, steps=5))
-    local = evaluate(run, tmp_path / "suite", batch_size=8, probes=probes)
-    remote = evaluate_endpoint(served.url + "/v1", "tiny", tmp_path / "suite", concurrency=4, probes=probes)
-    assert [t.name for t in remote.tasks] == ["colours", "text-to-image", "heard"]
-    assert len(remote.answers) == 4 * 4 * 3 + 3 + 2
+    judge = SpeechJudge.build(tmp_path / "judge", judge_sentences(50))
+    local = evaluate(run, tmp_path / "suite", batch_size=8, probes=probes, judge=judge)
+    remote = evaluate_endpoint(served.url + "/v1", "tiny", tmp_path / "suite", concurrency=4, probes=probes,
+                               judge=judge)  # fmt: skip
+    assert [t.name for t in remote.tasks] == ["colours", "text-to-image", "heard", "text-to-speech"]
+    assert len(remote.answers) == 4 * 4 * 3 + 3 + 2 + 2
     assert remote.answers == local.answers  # same greedy answers, rotations, conditions and extracted choices
-    assert remote.media == local.media and len(remote.media) == 3  # the same seeded pictures, PNG for PNG
+    assert remote.media == local.media and len(remote.media) == 3 + 2  # the same seeded pictures and clips
     assert [t.to_dict() for t in remote.tasks] == [t.to_dict() for t in local.tasks]
     assert "refused" in remote.skipped["clips"] and "video" in remote.skipped["clips"]
     usage = remote.settings["usage"]

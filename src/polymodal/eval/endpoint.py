@@ -11,7 +11,8 @@ temperature 0. Media go the way OpenAI's chat API takes them:
   servers that take no video, as its sampled frames (``image_url`` parts) followed by its sound track
   (``input_audio``) (``video="frames"``).
 
-Text-to-image items go to ``/v1/images/generations`` (``b64_json``), each with its own ``seed``.
+Text-to-image items go to ``/v1/images/generations`` (``b64_json``) and text-to-speech items to
+``/v1/audio/speech`` (WAV), each with its own ``seed``.
 
 A plain (role-less) prompt is sent as one user message: an endpoint only speaks chat. A request the
 endpoint refuses as bad (HTTP 400/422: a modality it does not take, a size over its limits) skips its
@@ -175,11 +176,41 @@ class EndpointResponder:
             self.usage["requests"] += 1
         return Image.from_bytes(base64.b64decode(reply.data[0].b64_json), name="generated picture")
 
+    def _say(self, document: Document, seed: int) -> Audio:
+        import openai
+
+        from polymodal.eval.runner import SAY_SAMPLING
+
+        if any(not isinstance(p, Text) for p in document.parts):
+            raise DirectionNotSupportedError("a speech endpoint takes text only")
+        text = " ".join(p.text for p in document.parts)
+        try:
+            reply = self.client.audio.speech.create(
+                model=self.model, input=text, voice="alloy", response_format="wav",
+                extra_body={"seed": seed, "guidance_scale": SAY_SAMPLING["guidance_scale"]},
+            )  # fmt: skip
+        except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
+            raise DirectionNotSupportedError(f"the endpoint does not say this: {_message(exc)}") from None
+        except openai.APIConnectionError as exc:
+            raise EndpointError(f"cannot reach {self.client.base_url}: {exc}") from None
+        except openai.APIStatusError as exc:
+            raise EndpointError(f"the endpoint failed with HTTP {exc.status_code}: {_message(exc)}") from None
+        with self._lock:
+            self.usage["requests"] += 1
+        return Audio.from_bytes(reply.content, name="generated speech")
+
+    def say(self, prompts: Sequence[Document], seeds: Sequence[int]) -> list[Audio]:
+        """One clip per prompt from ``/v1/audio/speech`` (WAV), with the item's seed."""
+        return self._map(self._say, prompts, seeds)
+
     def draw(self, prompts: Sequence[Document], seeds: Sequence[int]) -> list[Image]:
         """One picture per prompt from ``/v1/images/generations`` (b64_json), with the item's seed and
         the guidance scale the local runner uses (extra body fields, which other servers may ignore)."""
+        return self._map(self._draw, prompts, seeds)
+
+    def _map(self, ask, prompts: Sequence[Document], seeds: Sequence[int]) -> list:  # noqa: ANN001
         with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._draw, p, s) for p, s in zip(prompts, seeds, strict=True)]
+            futures = [pool.submit(ask, p, s) for p, s in zip(prompts, seeds, strict=True)]
             try:
                 return [f.result() for f in futures]
             finally:

@@ -174,6 +174,22 @@ class EvalReport:
                     for name, s in rows.items()
                 ]
             lines += ["", "The pictures are in `samples/`.", ""]
+        spoken = [t for t in self.tasks if t.output == "speech"]
+        if spoken:
+            lines += [
+                "## Generated speech",
+                "",
+                "Word error rate of an independent recogniser (PocketSphinx, a language model of the shapes "
+                "world's words) on the generated speech, beside the same on eSpeak NG's speech of the same "
+                "sentences (the floor).",
+                "",
+                "| task | items | WER, generated | WER, eSpeak NG (floor) | mean length |",
+                "|---|---:|---|---|---|",
+            ]
+            for t in spoken:
+                wer, floor = t.scores["asr_wer"]["generated"], t.scores["asr_wer"]["reference"]
+                lines.append(f"| {t.name} | {t.items} | {_pct(wer)} | {_pct(floor)} | {t.scores['seconds']:.1f} s |")
+            lines += ["", "The clips are in `samples/`.", ""]
         if self.skipped:
             lines += ["## Skipped", ""] + [f"- {name}: {why}" for name, why in self.skipped.items()] + [""]
         lines += [

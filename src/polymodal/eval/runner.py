@@ -10,8 +10,9 @@ For every task the runner builds all prompts (:mod:`~polymodal.eval.prompts`: ev
 multiple choice the blind conditions), asks them in batches, extracts choices and scores
 (:mod:`~polymodal.eval.scoring`), and collects the raw answers so that they are saved beside the
 report. Pictures drawn for ``image`` tasks are judged by attribute probes
-(:mod:`~polymodal.eval.probes`) and saved beside the report. Tasks whose output has no scorer here
-(``speech``) and tasks the run declares no direction for are skipped, with the reason in the report.
+(:mod:`~polymodal.eval.probes`), speech for ``speech`` tasks by an independent recogniser
+(:mod:`~polymodal.eval.speech_judge`); both are saved beside the report. Tasks the run declares no
+direction for are skipped, with the reason in the report.
 
 This module knows nothing about the command line.
 """
@@ -31,7 +32,7 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 import polymodal
-from polymodal.content import Document, Image, Part, Video
+from polymodal.content import Audio, Document, Image, Part, Video
 from polymodal.errors import ConfigError
 from polymodal.eval.probes import ImageProbes, load_probes
 from polymodal.eval.prompts import CONDITIONS, Prompt, task_prompts
@@ -47,13 +48,15 @@ from polymodal.eval.scoring import (
     score_multiple_choice,
     word_errors,
 )
-from polymodal.eval.tasks import MediaRef, Suite, Task, load_suite
+from polymodal.eval.speech_judge import SpeechJudge, load_speech_judge
+from polymodal.eval.tasks import Item, MediaRef, Suite, Task, load_suite
 from polymodal.generation import DirectionNotSupportedError, SamplingConfig, generate, option_scores
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
 
-SCORED_OUTPUTS = ("multiple_choice", "text", "transcription", "image")
+SCORED_OUTPUTS = ("multiple_choice", "text", "transcription", "image", "speech")
 DRAW_SAMPLING = {"temperature": 1.0, "guidance_scale": 3.0}  # as polymodal serve's /v1/images/generations
+SAY_SAMPLING = {"temperature": 1.0, "top_k": 50, "guidance_scale": 3.0, "max_audio_seconds": 30.0}  # /v1/audio/speech
 
 
 def item_seed(item_id: str) -> int:
@@ -116,6 +119,18 @@ class LocalResponder:
         return [
             generate(self.run, prompt, output="image", check_direction=False,
                      sampling=SamplingConfig(max_new_tokens=1, seed=seed, **DRAW_SAMPLING))[0].part
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]  # fmt: skip
+
+    def say(self, prompts: Sequence[Document], seeds: Sequence[int]) -> list[Audio]:
+        """One clip per prompt, sampled as the server's ``/v1/audio/speech`` samples (:data:`SAY_SAMPLING`)."""
+        if self.check_direction and not self.run.supports({"text"}, "audio"):
+            raise DirectionNotSupportedError(
+                f"this run was not trained to speak (it declares: {', '.join(self.run.directions) or 'nothing'})"
+            )
+        return [
+            generate(self.run, prompt, output="audio", check_direction=False,
+                     sampling=SamplingConfig(seed=seed, **SAY_SAMPLING))[0].part
             for prompt, seed in zip(prompts, seeds, strict=True)
         ]  # fmt: skip
 
@@ -243,6 +258,15 @@ def score_multiple_choice_task(task: Task, rows: list[dict]) -> TaskResult:
     )  # fmt: skip
 
 
+def corpus_wer_interval(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+    """Word error rate over all items (errors / reference words) with a bootstrap 95% interval over items."""
+    pairs = np.array([word_errors(r, h) for r, h in zip(references, hypotheses, strict=True)], dtype=float)
+    words = pairs[:, 1].sum()
+    low, high = bootstrap_interval(pairs, lambda rows: rows[:, 0].sum() / max(1.0, rows[:, 1].sum()))
+    value = pairs[:, 0].sum() / words if words else 0.0
+    return {"value": float(value), "low": low, "high": high, "total": len(references), "reference_words": int(words)}
+
+
 def score_text_task(task: Task, rows: list[dict]) -> TaskResult:
     """Exact match and CIDEr-D (text), or WER (transcription), with 95% intervals."""
     answers = {row["id"]: row["answer"] for row in rows}
@@ -255,12 +279,7 @@ def score_text_task(task: Task, rows: list[dict]) -> TaskResult:
         low, high = bootstrap_interval(per_item)
         scores["cider_d"] = {"value": float(np.mean(per_item)), "low": low, "high": high, "total": len(per_item)}
     else:
-        pairs = np.array([word_errors(r[0], c) for c, r in zip(candidates, references, strict=True)], dtype=float)
-        words = pairs[:, 1].sum()
-        low, high = bootstrap_interval(pairs, lambda rows: rows[:, 0].sum() / max(1.0, rows[:, 1].sum()))
-        value = pairs[:, 0].sum() / words if words else 0.0
-        scores["wer"] = {"value": float(value), "low": low, "high": high, "total": len(candidates),
-                         "reference_words": int(words)}  # fmt: skip
+        scores["wer"] = corpus_wer_interval([r[0] for r in references], candidates)
     return TaskResult(name=task.name, output=task.spec.output, metric=task.spec.metric, items=len(task.items),
                       scores=scores)  # fmt: skip
 
@@ -278,11 +297,7 @@ def draw_task(
     with tqdm(total=len(task.items), desc=task.name, unit="picture", disable=not progress) as bar:
         for start in range(0, len(task.items), chunk):
             items = task.items[start : start + chunk]
-            prompts = []
-            for item in items:
-                parts = [cache(p) if isinstance(p, MediaRef) else p for p in item.input]
-                prompts.append(Document.chat(("user", parts)) if task.spec.chat else Document.of(*parts))
-            images += draw(prompts, [item_seed(item.id) for item in items])
+            images += draw(_text_prompts(task, items, cache), [item_seed(item.id) for item in items])
             bar.update(len(items))
     references = [Image.open(task.path / item.meta["reference"]) for item in task.items]
     read, truth = probes.read(images), probes.read(references)
@@ -312,6 +327,46 @@ def draw_task(
     return result, rows, media
 
 
+def _text_prompts(task: Task, items: Sequence[Item], cache: _MediaCache) -> list[Document]:
+    prompts = []
+    for item in items:
+        parts = [cache(p) if isinstance(p, MediaRef) else p for p in item.input]
+        prompts.append(Document.chat(("user", parts)) if task.spec.chat else Document.of(*parts))
+    return prompts
+
+
+def speak_task(
+    responder: Responder, task: Task, judge: SpeechJudge, *, chunk: int = 16, progress: bool = False
+) -> tuple[TaskResult, list[dict], dict[str, bytes]]:
+    """Ask the responder to say every item's sentence; the judge transcribes each clip and the item's
+    eSpeak NG clip (``meta.reference``, the floor); WER against the sentence, for both."""
+    say = getattr(responder, "say", None)
+    if say is None:
+        raise DirectionNotSupportedError("this responder does not speak")
+    cache = _MediaCache()
+    clips: list[Audio] = []
+    with tqdm(total=len(task.items), desc=task.name, unit="clip", disable=not progress) as bar:
+        for start in range(0, len(task.items), chunk):
+            items = task.items[start : start + chunk]
+            clips += say(_text_prompts(task, items, cache), [item_seed(item.id) for item in items])
+            bar.update(len(items))
+    sentences = [item.answers[0] if item.answers else item.question for item in task.items]
+    heard = judge.transcribe_all(clips)
+    heard_reference = judge.transcribe_all([Audio.open(task.path / item.meta["reference"]) for item in task.items])
+    rows, media = [], {}
+    for item, clip, text, said, floor in zip(task.items, clips, sentences, heard, heard_reference, strict=True):
+        path = f"samples/{task.name}/{item.id}.wav"
+        media[path] = clip.to_wav_bytes()
+        rows.append({"task": task.name, "id": item.id, "answer": path, "sentence": text, "heard": said,
+                     "heard_reference": floor, "seconds": round(clip.duration, 3)})  # fmt: skip
+    scores = {"asr_wer": {"generated": corpus_wer_interval(sentences, heard),
+                          "reference": corpus_wer_interval(sentences, heard_reference)},
+              "seconds": float(np.mean([c.duration for c in clips]))}  # fmt: skip
+    result = TaskResult(name=task.name, output=task.spec.output, metric=task.spec.metric, items=len(task.items),
+                        scores=scores)  # fmt: skip
+    return result, rows, media
+
+
 def evaluate_responder(
     responder: Responder,
     suite: Suite | str | os.PathLike,
@@ -325,11 +380,13 @@ def evaluate_responder(
     video_fps: float | None = None,
     media_size: int | None = None,
     probes: ImageProbes | None = None,
+    judge: SpeechJudge | None = None,
 ) -> EvalReport:
     """Ask every task of ``suite`` (its first ``limit`` items each) to ``responder`` and score it.
 
-    ``blind=False`` skips the no-media and swapped-media conditions of multiple-choice tasks. Pictures
-    are judged by ``probes`` (default: :func:`~polymodal.eval.probes.load_probes`, trained once).
+        ``blind=False`` skips the no-media and swapped-media conditions of multiple-choice tasks. Pictures
+        are judged by ``probes`` (default: :func:`~polymodal.eval.probes.load_probes`, trained once), speech
+    by ``judge`` (default: :func:`~polymodal.eval.speech_judge.load_speech_judge`).
     """
     suite = suite if isinstance(suite, Suite) else load_suite(suite, tasks=tasks)
     results, skipped, answers, media = [], {}, [], {}
@@ -340,10 +397,14 @@ def evaluate_responder(
         if task.spec.output not in SCORED_OUTPUTS:
             skipped[task.name] = f"{task.spec.output} outputs are not scored by this runner yet"
             continue
-        if task.spec.output == "image":
+        if task.spec.output in ("image", "speech"):
             try:
-                probes = probes or load_probes(progress=progress)
-                result, rows, pictures = draw_task(responder, task, probes, progress=progress)
+                if task.spec.output == "image":
+                    probes = probes or load_probes(progress=progress)
+                    result, rows, pictures = draw_task(responder, task, probes, progress=progress)
+                else:
+                    judge = judge or load_speech_judge()
+                    result, rows, pictures = speak_task(responder, task, judge, progress=progress)
             except DirectionNotSupportedError as exc:
                 skipped[task.name] = str(exc)
                 continue
@@ -383,6 +444,7 @@ def evaluate(
     video_fps: float | None = None,
     media_size: int | None = None,
     probes: ImageProbes | None = None,
+    judge: SpeechJudge | None = None,
 ) -> EvalReport:
     """Evaluate a run (loaded, or its folder) on a suite folder with :class:`LocalResponder`, or with
     :class:`LikelihoodResponder` when ``choice="likelihood"``."""
@@ -394,7 +456,8 @@ def evaluate(
     responder = kind(loaded, batch_size=batch_size, check_direction=check_direction)
     return evaluate_responder(responder, suite, limit=limit, tasks=tasks, blind=blind, model_name=name,
                               progress=progress, settings={"batch_size": batch_size, "choice": choice},
-                              video_fps=video_fps, media_size=media_size, probes=probes)  # fmt: skip
+                              video_fps=video_fps, media_size=media_size, probes=probes,
+                              judge=judge)  # fmt: skip
 
 
 def _version(package: str) -> str:

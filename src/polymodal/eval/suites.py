@@ -15,6 +15,7 @@ Tasks, one ability each::
     transcription         speech -> text                                    WER
     text-to-image         caption -> picture                                attribute probes (colour, shape,
                                                                             position, count) vs a true picture
+    text-to-speech        sentence -> speech                                PocketSphinx WER vs eSpeak's speech
 
 Perception items are the test-split ``image_qa`` samples whose first question tests that ability,
 in index order. Caption references are the sample's caption and four more captions of the same
@@ -45,10 +46,13 @@ from tqdm.auto import tqdm
 
 from polymodal.data.shapes import GENERATOR_VERSION, Scene, make_sample, sample_rng
 from polymodal.data.shapes.language import caption, listing_sentence, position_phrase, sentence
+from polymodal.data.shapes.questions import image_question
 from polymodal.data.shapes.render import render_scene
 from polymodal.data.shapes.samples import ShapesConfig
 from polymodal.data.shapes.shards import flac_bytes
+from polymodal.data.shapes.speech import random_voice, speak
 from polymodal.data.shapes.video import encode_mp4
+from polymodal.data.shapes.world import random_scene
 from polymodal.errors import ConfigError
 from polymodal.eval.attributes import COUNT_WORDS, draw_scene
 from polymodal.eval.scoring import items_for_margin
@@ -128,6 +132,13 @@ SHAPES_TASKS: dict[str, ShapesTask] = {
                              "judged by attribute probes against a true picture of the caption."),
         "generation/image", "generation",
     ),
+    "text-to-speech": ShapesTask(
+        "text_to_speech",
+        TaskSpec(name="text-to-speech", output="speech", metric="asr_wer", prompt="", chat=False,
+                 description="Say a sentence (continues the text, as speaking is trained); judged by PocketSphinx's "
+                             "word error rate on it, beside the same on eSpeak NG's speech of the sentence."),
+        "generation/speech", "generation",
+    ),
 }  # fmt: skip
 
 
@@ -157,6 +168,8 @@ def make_item(task_name: str, index: int, *, seed: int = 0) -> tuple[dict, dict[
     task = SHAPES_TASKS[task_name]
     if task.kind == "text_to_image":
         return _drawing_item(task, index, seed)
+    if task.kind == "text_to_speech":
+        return _speech_item(task, index, seed)
     config = ShapesConfig()
     sample = make_sample(task.kind, index, seed=seed, split=SPLIT, config=config)
     truth, key = sample.meta["truth"], sample.key
@@ -217,6 +230,20 @@ def _drawing_item(task: ShapesTask, index: int, seed: int) -> tuple[dict, dict[s
     meta = {"attributes": attributes, "reference": reference, "scene": scene.to_dict()}
     record = item_record(key, [text], ability=task.ability, category=task.category, meta=meta)
     return record, {reference: render_scene(scene, size=64).to_png_bytes()}
+
+
+def _speech_item(task: ShapesTask, index: int, seed: int) -> tuple[dict, dict[str, bytes]]:
+    """A sentence of the corpus's (a caption or a question) to say, with eSpeak NG's speech of it
+    (``meta.reference``: the floor of the recogniser that judges)."""
+    rng = sample_rng(seed, SPLIT, "eval:text-to-speech", index)
+    scene = random_scene(rng)
+    text = caption(scene, rng) if rng.random() < 0.6 else image_question(scene, rng).text
+    key = f"text_to_speech-{SPLIT}-{seed}-{index:07d}"
+    reference = f"reference/{key}.flac"
+    audio = speak(text, random_voice(rng))
+    record = item_record(key, [text], answer=text, ability=task.ability, category=task.category,
+                         meta={"reference": reference})  # fmt: skip
+    return record, {reference: flac_bytes(audio)}
 
 
 def _make_chunk(job: tuple[str, int, int, int]) -> list[tuple[dict, dict[str, bytes]] | None]:
