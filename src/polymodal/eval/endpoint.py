@@ -153,50 +153,38 @@ class EndpointResponder:
                 self.usage["completion_tokens"] += reply.usage.completion_tokens
         return reply.choices[0].message.content or ""
 
-    def _draw(self, document: Document, seed: int) -> Image:
+    def _text_to_media(self, document: Document, what: str, request):  # noqa: ANN001, ANN202
+        """``request(text)`` for a text-only prompt; the endpoint's refusals skip the task, as chat's do."""
         import openai
 
-        from polymodal.eval.runner import DRAW_SAMPLING
-
         if any(not isinstance(p, Text) for p in document.parts):
-            raise DirectionNotSupportedError("an images endpoint takes a text prompt only")
-        prompt = " ".join(p.text for p in document.parts)
+            raise DirectionNotSupportedError(f"{what} takes a text prompt only")
         try:
-            reply = self.client.images.generate(
-                model=self.model, prompt=prompt, n=1, response_format="b64_json",
-                extra_body={"seed": seed, "guidance_scale": DRAW_SAMPLING["guidance_scale"]},
-            )  # fmt: skip
+            reply = request(" ".join(p.text for p in document.parts))
         except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
-            raise DirectionNotSupportedError(f"the endpoint does not draw this: {_message(exc)}") from None
+            raise DirectionNotSupportedError(f"the endpoint refused this ({what}): {_message(exc)}") from None
         except openai.APIConnectionError as exc:
             raise EndpointError(f"cannot reach {self.client.base_url}: {exc}") from None
         except openai.APIStatusError as exc:
             raise EndpointError(f"the endpoint failed with HTTP {exc.status_code}: {_message(exc)}") from None
         with self._lock:
             self.usage["requests"] += 1
+        return reply
+
+    def _draw(self, document: Document, seed: int) -> Image:
+        from polymodal.eval.runner import DRAW_SAMPLING
+
+        extra = {"seed": seed, "guidance_scale": DRAW_SAMPLING["guidance_scale"]}
+        reply = self._text_to_media(document, "/v1/images/generations", lambda text: self.client.images.generate(
+            model=self.model, prompt=text, n=1, response_format="b64_json", extra_body=extra))  # fmt: skip
         return Image.from_bytes(base64.b64decode(reply.data[0].b64_json), name="generated picture")
 
     def _say(self, document: Document, seed: int) -> Audio:
-        import openai
-
         from polymodal.eval.runner import SAY_SAMPLING
 
-        if any(not isinstance(p, Text) for p in document.parts):
-            raise DirectionNotSupportedError("a speech endpoint takes text only")
-        text = " ".join(p.text for p in document.parts)
-        try:
-            reply = self.client.audio.speech.create(
-                model=self.model, input=text, voice="alloy", response_format="wav",
-                extra_body={"seed": seed, "guidance_scale": SAY_SAMPLING["guidance_scale"]},
-            )  # fmt: skip
-        except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
-            raise DirectionNotSupportedError(f"the endpoint does not say this: {_message(exc)}") from None
-        except openai.APIConnectionError as exc:
-            raise EndpointError(f"cannot reach {self.client.base_url}: {exc}") from None
-        except openai.APIStatusError as exc:
-            raise EndpointError(f"the endpoint failed with HTTP {exc.status_code}: {_message(exc)}") from None
-        with self._lock:
-            self.usage["requests"] += 1
+        extra = {"seed": seed, "guidance_scale": SAY_SAMPLING["guidance_scale"]}
+        reply = self._text_to_media(document, "/v1/audio/speech", lambda text: self.client.audio.speech.create(
+            model=self.model, input=text, voice="alloy", response_format="wav", extra_body=extra))  # fmt: skip
         return Audio.from_bytes(reply.content, name="generated speech")
 
     def say(self, prompts: Sequence[Document], seeds: Sequence[int]) -> list[Audio]:

@@ -49,7 +49,7 @@ from polymodal.eval.scoring import (
     word_errors,
 )
 from polymodal.eval.speech_judge import SpeechJudge, load_speech_judge
-from polymodal.eval.tasks import Item, MediaRef, Suite, Task, load_suite
+from polymodal.eval.tasks import MediaRef, Suite, Task, load_suite
 from polymodal.generation import DirectionNotSupportedError, SamplingConfig, generate, option_scores
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
@@ -289,16 +289,7 @@ def draw_task(
 ) -> tuple[TaskResult, list[dict], dict[str, bytes]]:
     """Ask the responder to draw every item's caption; the probes read each picture and the item's true
     picture (``meta.reference``, the ceiling); returns the result, the answer rows and the pictures."""
-    draw = getattr(responder, "draw", None)
-    if draw is None:
-        raise DirectionNotSupportedError("this responder does not draw pictures")
-    cache = _MediaCache()
-    images: list[Image] = []
-    with tqdm(total=len(task.items), desc=task.name, unit="picture", disable=not progress) as bar:
-        for start in range(0, len(task.items), chunk):
-            items = task.items[start : start + chunk]
-            images += draw(_text_prompts(task, items, cache), [item_seed(item.id) for item in items])
-            bar.update(len(items))
+    images = _generate_all(responder, "draw", task, chunk, progress)
     references = [Image.open(task.path / item.meta["reference"]) for item in task.items]
     read, truth = probes.read(images), probes.read(references)
     counts: dict[str, list[int]] = {}  # attribute -> [generated right, reference right, items]
@@ -327,12 +318,23 @@ def draw_task(
     return result, rows, media
 
 
-def _text_prompts(task: Task, items: Sequence[Item], cache: _MediaCache) -> list[Document]:
-    prompts = []
-    for item in items:
-        parts = [cache(p) if isinstance(p, MediaRef) else p for p in item.input]
-        prompts.append(Document.chat(("user", parts)) if task.spec.chat else Document.of(*parts))
-    return prompts
+def _generate_all(responder: Responder, method: str, task: Task, chunk: int, progress: bool) -> list:
+    """``responder.draw`` or ``responder.say`` over every item's prompt, ``chunk`` at a time, each item
+    under its own seed (:func:`item_seed`)."""
+    generate_media = getattr(responder, method, None)
+    if generate_media is None:
+        raise DirectionNotSupportedError(f"this responder cannot {method}")
+    cache, out = _MediaCache(), []
+    with tqdm(total=len(task.items), desc=task.name, unit="item", disable=not progress) as bar:
+        for start in range(0, len(task.items), chunk):
+            items = task.items[start : start + chunk]
+            prompts = []
+            for item in items:
+                parts = [cache(p) if isinstance(p, MediaRef) else p for p in item.input]
+                prompts.append(Document.chat(("user", parts)) if task.spec.chat else Document.of(*parts))
+            out += generate_media(prompts, [item_seed(item.id) for item in items])
+            bar.update(len(items))
+    return out
 
 
 def speak_task(
@@ -340,16 +342,7 @@ def speak_task(
 ) -> tuple[TaskResult, list[dict], dict[str, bytes]]:
     """Ask the responder to say every item's sentence; the judge transcribes each clip and the item's
     eSpeak NG clip (``meta.reference``, the floor); WER against the sentence, for both."""
-    say = getattr(responder, "say", None)
-    if say is None:
-        raise DirectionNotSupportedError("this responder does not speak")
-    cache = _MediaCache()
-    clips: list[Audio] = []
-    with tqdm(total=len(task.items), desc=task.name, unit="clip", disable=not progress) as bar:
-        for start in range(0, len(task.items), chunk):
-            items = task.items[start : start + chunk]
-            clips += say(_text_prompts(task, items, cache), [item_seed(item.id) for item in items])
-            bar.update(len(items))
+    clips = _generate_all(responder, "say", task, chunk, progress)
     sentences = [item.answers[0] if item.answers else item.question for item in task.items]
     heard = judge.transcribe_all(clips)
     heard_reference = judge.transcribe_all([Audio.open(task.path / item.meta["reference"]) for item in task.items])
