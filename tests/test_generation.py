@@ -249,3 +249,29 @@ def test_rows_finish_as_soon_as_they_are_done_and_cancelled_rows_stop(run):
     assert not any(isinstance(e, Finished) and e.index == 0 for e in seen)
     others = {e.index: e.generation for e in seen if isinstance(e, Finished)}
     assert {b: g.ids for b, g in others.items()} == {1: alone[1].ids, 2: alone[2].ids}
+
+
+def test_int8_weights_are_four_times_smaller_and_decode_alike(tmp_path):
+    pytest.importorskip("torchao")
+    from polymodal.quantize import linear_weight_bytes, quantize_weights
+
+    text = TextTokenizer.train(["a red circle and a blue square, what is this"] * 30, vocab_size=300)
+    codec = DocumentTokenizer.from_tokenizers([text, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()])
+    torch.manual_seed(0)
+    full = Run(Transformer(preset("debug", codec.vocab.size)).eval(), codec, ("text->text",))
+    before = linear_weight_bytes(full.model)
+    prompt = Document.of("a red circle and")
+    seq = codec.encode(prompt, add_eos=False)
+    with torch.no_grad():
+        reference = torch.log_softmax(full.model(seq.ids[None], seq.positions[None], seq.modality[None]), -1)
+    quantize_weights(full.model)
+    assert before / linear_weight_bytes(full.model) > 3.5  # the tied output projection included
+    with torch.no_grad():
+        quantized = torch.log_softmax(full.model(seq.ids[None], seq.positions[None], seq.modality[None]), -1)
+    assert (quantized - reference).abs().max() < 0.1 and not torch.equal(quantized, reference)
+    out = generate(full, prompt, sampling=SamplingConfig(temperature=0, max_new_tokens=6), check_direction=False)
+    assert len(out[0].ids) >= 1
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_weights(full.model)
+    with pytest.raises(ConfigError, match="save the run before quantizing"):
+        full.save(tmp_path / "run")

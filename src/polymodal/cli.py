@@ -345,6 +345,9 @@ def generate(
     ] = 1.0,
     fps: Annotated[float, typer.Option(help="Frames per second sampled from videos.", min=0.01)] = 1.0,
     max_frames: Annotated[int | None, typer.Option(help="Refuse videos that would give more frames.", min=1)] = None,
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: weight-only int8 linear layers (pip install 'polymodal[quantize]').")
+    ] = None,
 ) -> None:
     """Generate text, an image or audio from any mix of inputs, in the order: text, images, audio, videos."""
     from polymodal.content import Audio, Document, Image, Video
@@ -355,6 +358,10 @@ def generate(
 
     try:
         loaded = Run.load(run_dir)
+        if quantize:
+            from polymodal.quantize import quantize_weights
+
+            quantize_weights(loaded.model, quantize)
         parts = [*(text or []), *(Image.open(p) for p in image or []), *(Audio.open(p) for p in audio or [])]
         parts += [Video.open(p, fps=fps, max_frames=max_frames) for p in video or []]
         if not parts:
@@ -398,6 +405,9 @@ def serve(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Weights: float32, bfloat16 or float16 (bfloat16 on a GPU).")] = "float32",
     compile: Annotated[bool, typer.Option(help="torch.compile the decode step (worth it on a GPU).")] = False,
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: weight-only int8 linear layers (pip install 'polymodal[quantize]').")
+    ] = None,
 ) -> None:
     """Serve a run behind an OpenAI-compatible API (needs the serve extra: pip install 'polymodal\\[serve]')."""
     try:
@@ -421,6 +431,10 @@ def serve(
         import torch
 
         loaded.model.to(getattr(torch, dtype))
+        if quantize:
+            from polymodal.quantize import quantize_weights
+
+            quantize_weights(loaded.model, quantize)
     except (PolymodalError, OSError, json.JSONDecodeError, RuntimeError) as exc:
         _fail(exc)
     typer.echo(f"serving {run_dir} as {settings.model_name!r} on http://{settings.host}:{settings.port}/v1 "

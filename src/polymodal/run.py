@@ -104,6 +104,8 @@ class Run:
                    for ins, out in map(parse_direction, self.directions))  # fmt: skip
 
     def save(self, directory: str | os.PathLike) -> Path:
+        if getattr(self.model, "quantized", None):
+            raise ConfigError("a quantized model is for generation and serving: save the run before quantizing it")
         directory = Path(directory).absolute()
         if directory.exists() and not (directory / RUN_FILENAME).exists():
             raise ConfigError(f"{directory} exists and is not a polymodal run: refusing to replace it")
