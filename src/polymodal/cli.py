@@ -669,6 +669,47 @@ def quickstart_cmd(
     typer.echo(f"run -> {out / 'run'}   samples -> {out / 'samples'}   report -> {out / 'report.json'}")
 
 
+@app.command("finetune")
+def finetune_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="The run to start from (a run folder).")],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="Folders of images/audio/videos with captions or transcripts, or document .jsonl files (repeatable).",
+        ),  # fmt: skip
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the data, training and the new run.")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = 200,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.", min=1)] = 8,
+    seq_len: Annotated[int, typer.Option(help="Row length; longer documents are cut.", min=16)] = 512,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-3 LoRA, 1e-4 full).")] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="Train low-rank adapters of this rank (else every weight).", min=1)
+    ] = None,  # fmt: skip
+    lora_alpha: Annotated[float | None, typer.Option(help="Adapter scale numerator (default 2 x rank).")] = None,
+    freeze: Annotated[
+        list[str] | None, typer.Option(help="Parameter-name prefix to leave untouched (repeatable).")
+    ] = None,
+    direction: Annotated[str | None, typer.Option(help="Caption/transcript folders: e.g. text->image.")] = None,
+    chat: Annotated[bool, typer.Option(help="Caption/transcript folders: as user/assistant chats.")] = False,
+    fps: Annotated[float | None, typer.Option(help="Video frames sampled per second.", min=0.01)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the adapters and the data order.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tune in --out.")] = False,
+) -> None:
+    """Fine-tune a run on your own data, every weight or LoRA; the new run declares what the data adds."""
+    from polymodal.train.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_rank=lora_rank,
+                            lora_alpha=lora_alpha, freeze=tuple(freeze or ()), direction=direction, chat=chat,
+                            fps=fps, seed=seed)  # fmt: skip
+    try:
+        run = finetune(run_dir, data, out, config, resume=resume, progress=sys.stderr.isatty(), say=typer.echo)
+    except (PolymodalError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"fine-tuned run -> {out / 'run'} ({', '.join(run.directions)})")
+
+
 experiment_app = typer.Typer(help="Train several designs on the same data and compare them.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 

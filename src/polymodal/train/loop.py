@@ -21,6 +21,7 @@ Output folder::
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -31,11 +32,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import save as save_safetensors
 from torch import nn
 from tqdm.auto import tqdm
 
 from polymodal.errors import ConfigError, TokenizerNotAvailableError
-from polymodal.files import write_text_atomic
+from polymodal.files import write_bytes_atomic, write_text_atomic
 from polymodal.model.config import preset
 from polymodal.model.fusion import LateFusion, late_preset
 from polymodal.model.transformer import Transformer
@@ -44,6 +46,7 @@ from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.presets import default_vocabulary_dir
 from polymodal.train import data as D
 from polymodal.train.checkpoint import Checkpoint, TrainerState, latest_checkpoint, save_checkpoint
+from polymodal.train.lora import LoRAConfig, adapter_state, apply_lora, has_lora, merge_lora
 from polymodal.train.objectives import Align, NextToken
 from polymodal.train.parallelize import (
     Distributed,
@@ -59,6 +62,7 @@ from polymodal.train.stages import Recipe, StageConfig, resume_conflicts
 
 TRAIN_FILENAME = "train.json"
 RUN_DIRNAME = "run"
+ADAPTER_FILENAME = "adapter.safetensors"  # beside a run fine-tuned with LoRA: the adapters alone
 
 
 # -- one step, one evaluation ------------------------------------------------------------------------
@@ -200,12 +204,14 @@ def init_media_embeddings(model: nn.Module, tokenizer: DocumentTokenizer) -> lis
 
 
 def apply_freeze(model: nn.Module, prefixes: Sequence[str]) -> None:
-    """Train every parameter except those whose name starts with one of ``prefixes``."""
+    """Train every parameter except those whose name starts with one of ``prefixes`` (with adapters:
+    only the adapters, less those under ``prefixes``)."""
     _check_prefixes([name for name, _ in model.named_parameters()], prefixes, "freeze")
     if isinstance(model, LateFusion) and model.config.freeze_encoder:
         prefixes = (*prefixes, "encoder.")
+    adapters = has_lora(model)
     for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(tuple(prefixes)))
+        p.requires_grad_(not name.startswith(tuple(prefixes)) and (not adapters or ".lora_" in f".{name}"))
 
 
 def _check_prefixes(names: Sequence[str], prefixes: Sequence[str], where: str) -> None:
@@ -359,6 +365,8 @@ class Trainer:
             init_media_embeddings(model, self.tokenizer)
         if self.init_run is not None:  # loaded and checked once, in __init__
             model.load_state_dict(self.init_run.model.state_dict())
+        if self.recipe.lora is not None:  # before a checkpoint is loaded: it holds the adapters
+            apply_lora(model, LoRAConfig.from_dict(self.recipe.lora))
         state = TrainerState(0, 0, 0, 0, self.recipe.to_dict())
         if self.checkpoint:  # where it stopped, under the recipe as it is now (see resume_conflicts)
             state = replace(self.checkpoint.state, recipe=self.recipe.to_dict())
@@ -378,7 +386,9 @@ class Trainer:
                 self.export(model)  # the run so far
         if is_sharded(model):  # every process gets the whole trained model, gathered once
             model = self._plain(full_model_state(model, everywhere=True)).to(self.device)
-        self.export(model)  # also when every stage was already done (a crash right after the last checkpoint)
+        adapters = adapter_state(model) if has_lora(model) else None
+        model = merge_lora(model) if adapters is not None else model
+        self.export(model, adapters)  # also when every stage was already done (a crash after the last checkpoint)
         if self.distributed.main:
             self._write_status(state, "done")
             if self.board is not None:
@@ -500,15 +510,23 @@ class Trainer:
             self._write_status(state, "training")
         self.distributed.barrier()
 
-    def export(self, model: nn.Module) -> Path | None:
+    def export(self, model: nn.Module, adapters: dict[str, torch.Tensor] | None = None) -> Path | None:
         """Save the model as a run in ``run_dir`` (default ``OUT/run``): what generate, eval and serve
-        read. Every process calls it (a sharded model is gathered first); the main one writes."""
+        read. Every process calls it (a sharded model is gathered first); the main one writes. Adapters
+        are merged into the saved weights, and saved alone beside them (``adapter.safetensors``)."""
         if is_sharded(model):
             weights = full_model_state(model)
             model = self._plain(weights) if self.distributed.main else None
         if not self.distributed.main:
             return None
-        return Run(model, self.tokenizer, self.recipe.directions).save(self.run_dir)
+        if has_lora(model):
+            adapters = adapter_state(model)
+            model = merge_lora(copy.deepcopy(model))
+        folder = Run(model, self.tokenizer, self.recipe.directions).save(self.run_dir)
+        if adapters is not None:
+            write_bytes_atomic(folder / ADAPTER_FILENAME, save_safetensors(adapters, metadata={
+                "lora": json.dumps(self.recipe.lora), "init": str(self.recipe.init)}))  # fmt: skip
+        return folder
 
     def _plain(self, weights: dict[str, torch.Tensor]) -> nn.Module:
         """An unsharded model holding ``weights``."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.errors import ConfigError
+from polymodal.train.lora import LoRAConfig
 
 OBJECTIVES = ("next_token", "align")
 ARCHITECTURES = ("early", "late")
@@ -104,6 +105,9 @@ class Recipe:
     activation_checkpointing: bool = False
     workers: int = 2  # DataLoader processes per training process
     tensorboard: bool = False  # also write metrics as TensorBoard events in OUT/tensorboard (pip install tensorboard)
+    # Low-rank adapters instead of full fine-tuning, e.g. {"rank": 8, "alpha": 16} (train/lora.py): only the
+    # adapters train; the run is saved with them merged, and the adapters alone beside it.
+    lora: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -119,6 +123,12 @@ class Recipe:
             raise ConfigError(f"recipe {self.name!r}: stage names repeat: {names}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.workers < 0:
             raise ConfigError("checkpoint_every >= 1, keep_checkpoints >= 1 and workers >= 0 are required")
+        if self.lora is not None:
+            if not isinstance(self.lora, Mapping):
+                raise ConfigError(f"recipe {self.name!r}: lora is a table, e.g. {{rank = 8, alpha = 16}}")
+            LoRAConfig.from_dict(self.lora)
+            if self.architecture != "early":
+                raise ConfigError(f"recipe {self.name!r}: lora adapts the native (early) architecture")
         if not self.directions or isinstance(self.directions, str):
             raise ConfigError(f"recipe {self.name!r}: list the directions the run learns, e.g. ['image->text']")
 

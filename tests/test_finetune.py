@@ -1,0 +1,67 @@
+"""polymodal finetune: the user's folder checked first, full and LoRA fine-tuning from a saved run,
+and the new run's directions."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+import toys
+from polymodal.cli import app
+from polymodal.errors import ConfigError
+from polymodal.model import Transformer, preset
+from polymodal.run import Run
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.text import TextTokenizer
+from polymodal.train.finetune import FinetuneConfig, finetune
+from polymodal.train.loop import ADAPTER_FILENAME
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "white": (250, 250, 250)}
+
+
+@pytest.fixture
+def base(tmp_path):
+    text = TextTokenizer.train([f"a {c} square" for c in COLOURS] * 20, vocab_size=300)
+    codec = DocumentTokenizer.from_tokenizers([text, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()])
+    torch.manual_seed(0)
+    Run(Transformer(preset("debug", codec.vocab.size)), codec, ("text->text",)).save(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def captions_folder(folder, rows=None):
+    folder.mkdir(parents=True)
+    for colour, rgb in COLOURS.items():
+        PILImage.new("RGB", (8, 8), rgb).save(folder / f"{colour}.png")
+    rows = rows or [{"file": f"{c}.png", "text": f"a {c} square"} for c in COLOURS]
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_lora_finetune_adds_the_data_direction_and_leaves_the_base_alone(base, tmp_path):
+    weights = (base / "model.safetensors").read_bytes()
+    said = []
+    config = FinetuneConfig(steps=6, batch_size=2, seq_len=64, lora_rank=2)
+    run = finetune(base, [captions_folder(tmp_path / "mine")], tmp_path / "ft", config, progress=False,
+                   say=said.append)  # fmt: skip
+    assert run.directions == ("image->text", "text->text")
+    assert Run.load(tmp_path / "ft" / "run").directions == run.directions
+    assert (tmp_path / "ft" / "run" / ADAPTER_FILENAME).is_file()
+    assert (base / "model.safetensors").read_bytes() == weights  # the base run's files are untouched
+    original = Run.load(base).model.state_dict()
+    changed = [k for k, v in run.model.state_dict().items() if not torch.equal(v, original[k])]
+    assert changed and all(k.split(".")[-2] in ("wq", "wk", "wv", "wo", "w1", "w2", "w3") for k in changed)
+    assert any("image_captions: 4 documents" in line for line in said)
+
+
+def test_a_bad_data_folder_fails_before_any_work(base, tmp_path):
+    bad = captions_folder(tmp_path / "bad", [{"file": "red.png", "text": "a red square"},
+                                              {"file": "purple.png", "text": "a purple square"}])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"captions.jsonl:2: .*purple.png: no such file"):
+        finetune(base, [bad], tmp_path / "ft", FinetuneConfig(steps=2), progress=False, say=lambda _: None)
+    assert not (tmp_path / "ft").exists()
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        finetune(base, [tmp_path / "missing"], tmp_path / "ft2", progress=False, say=lambda _: None)
+    result = CliRunner().invoke(app, ["finetune", str(base), "--data", str(bad), "--out", str(tmp_path / "ft3")])
+    assert result.exit_code == 2 and "purple.png" in result.output
