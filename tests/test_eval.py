@@ -31,8 +31,8 @@ from polymodal.eval.scoring import (
     word_errors,
 )
 from polymodal.eval.speech_judge import SpeechJudge, bigram_arpa, judge_sentences
-from polymodal.eval.suites import SHAPES_TASKS, make_item, write_shapes_suite
-from polymodal.eval.tasks import list_tasks, load_suite, load_task, write_task_files
+from polymodal.eval.suites import SHAPES_TASKS, write_shapes_suite, write_task
+from polymodal.eval.tasks import list_tasks, load_suite, load_task
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
@@ -464,14 +464,8 @@ class Copier:
 
 
 def test_text_to_image_task_scores_pictures_against_the_ceiling(tmp_path, probes):
-    suite, task = tmp_path / "suite", SHAPES_TASKS["text-to-image"]
-    folder = suite / "text-to-image"
-    made = [make_item("text-to-image", i) for i in range(24)]
-    for _, media in made:
-        for relative, data in media.items():
-            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-            (folder / relative).write_bytes(data)
-    write_task_files(folder, task.spec, [record for record, _ in made])
+    suite = tmp_path / "suite"
+    folder = write_task(suite / "text-to-image", "text-to-image", 24)
     items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
     assert len(items) == 24 and all((folder / item["meta"]["reference"]).is_file() for item in items)
     assert {"count", "colour", "shape"} <= {a for item in items for a in item["meta"]["attributes"]}
@@ -535,13 +529,7 @@ class Speaker:
 
 
 def test_text_to_speech_task_scores_clips_against_the_floor(tmp_path, judge):
-    folder = tmp_path / "suite" / "text-to-speech"
-    made = [make_item("text-to-speech", i) for i in range(6)]
-    for _, media in made:
-        for relative, data in media.items():
-            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-            (folder / relative).write_bytes(data)
-    write_task_files(folder, SHAPES_TASKS["text-to-speech"].spec, [record for record, _ in made])
+    write_task(tmp_path / "suite" / "text-to-speech", "text-to-speech", 6)
     honest = evaluate_responder(Speaker(True), tmp_path / "suite", judge=judge)
     silent = evaluate_responder(Speaker(False), tmp_path / "suite", judge=judge)
     wer = honest.task("text-to-speech").scores["asr_wer"]

@@ -32,8 +32,7 @@ from polymodal.eval.endpoint import EndpointError, evaluate_endpoint
 from polymodal.eval.probes import ImageProbes, ProbeSettings
 from polymodal.eval.runner import evaluate
 from polymodal.eval.speech_judge import SpeechJudge, judge_sentences
-from polymodal.eval.suites import SHAPES_TASKS, make_item
-from polymodal.eval.tasks import write_task_files
+from polymodal.eval.suites import write_task
 from polymodal.generation import SamplingConfig, generate
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
@@ -262,18 +261,8 @@ def _endpoint_suite(root) -> None:
         [{"id": "0", "input": [{"video": "clip.mp4", "fps": 2}, "which?"], "options": ["a", "b"], "answer": "a"}],
     )
     write_video(root / "clips" / "clip.mp4", container="mp4", video_codec=pick_codec("mpeg4", "libx264"), seconds=2)
-    drawings = [make_item("text-to-image", i) for i in range(3)]
-    for _, media in drawings:
-        for relative, data in media.items():
-            (root / "draw" / relative).parent.mkdir(parents=True, exist_ok=True)
-            (root / "draw" / relative).write_bytes(data)
-    write_task_files(root / "draw", SHAPES_TASKS["text-to-image"].spec, [record for record, _ in drawings])
-    sentences = [make_item("text-to-speech", i) for i in range(2)]
-    for _, media in sentences:
-        for relative, data in media.items():
-            (root / "say" / relative).parent.mkdir(parents=True, exist_ok=True)
-            (root / "say" / relative).write_bytes(data)
-    write_task_files(root / "say", SHAPES_TASKS["text-to-speech"].spec, [record for record, _ in sentences])
+    write_task(root / "draw", "text-to-image", 3)
+    write_task(root / "say", "text-to-speech", 2)
 
 
 def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, run, tmp_path):

@@ -126,17 +126,17 @@ class EndpointResponder:
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._lock = threading.Lock()
 
-    def _ask(self, document: Document, max_tokens: int, temperature: float) -> str:
+    def _call(self, request, refused: str, *, missing_skips: bool = False):  # noqa: ANN001, ANN202
+        """``request()``, with the endpoint's failures as polymodal errors: a refusal of the inputs (400/422,
+        and 404 for an endpoint a server lacks when ``missing_skips``) skips the task; anything else stops."""
         import openai
 
-        messages, extra = chat_request(document, self.video)
+        skip = (openai.BadRequestError, openai.UnprocessableEntityError)
+        skip += (openai.NotFoundError,) if missing_skips else ()
         try:
-            reply = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
-                extra_body=extra or None,
-            )  # fmt: skip
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            raise DirectionNotSupportedError(f"the endpoint refused these inputs: {_message(exc)}") from None
+            reply = request()
+        except skip as exc:
+            raise DirectionNotSupportedError(f"{refused}: {_message(exc)}") from None
         except openai.AuthenticationError as exc:
             raise EndpointError(f"the endpoint refused the API key (--api-key): {_message(exc)}") from None
         except openai.NotFoundError as exc:
@@ -148,28 +148,25 @@ class EndpointResponder:
             raise EndpointError(f"the endpoint failed with HTTP {exc.status_code}: {_message(exc)}") from None
         with self._lock:
             self.usage["requests"] += 1
-            if reply.usage is not None:
-                self.usage["prompt_tokens"] += reply.usage.prompt_tokens
-                self.usage["completion_tokens"] += reply.usage.completion_tokens
+            usage = getattr(reply, "usage", None)
+            if usage is not None and hasattr(usage, "prompt_tokens"):
+                self.usage["prompt_tokens"] += usage.prompt_tokens
+                self.usage["completion_tokens"] += usage.completion_tokens
+        return reply
+
+    def _ask(self, document: Document, max_tokens: int, temperature: float) -> str:
+        messages, extra = chat_request(document, self.video)
+        reply = self._call(lambda: self.client.chat.completions.create(
+            model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
+            extra_body=extra or None), "the endpoint refused these inputs")  # fmt: skip
         return reply.choices[0].message.content or ""
 
     def _text_to_media(self, document: Document, what: str, request):  # noqa: ANN001, ANN202
-        """``request(text)`` for a text-only prompt; the endpoint's refusals skip the task, as chat's do."""
-        import openai
-
+        """``request(text)`` for a text-only prompt (``what``: the endpoint, for messages)."""
         if any(not isinstance(p, Text) for p in document.parts):
             raise DirectionNotSupportedError(f"{what} takes a text prompt only")
-        try:
-            reply = request(" ".join(p.text for p in document.parts))
-        except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
-            raise DirectionNotSupportedError(f"the endpoint refused this ({what}): {_message(exc)}") from None
-        except openai.APIConnectionError as exc:
-            raise EndpointError(f"cannot reach {self.client.base_url}: {exc}") from None
-        except openai.APIStatusError as exc:
-            raise EndpointError(f"the endpoint failed with HTTP {exc.status_code}: {_message(exc)}") from None
-        with self._lock:
-            self.usage["requests"] += 1
-        return reply
+        text = " ".join(p.text for p in document.parts)
+        return self._call(lambda: request(text), f"the endpoint refused this ({what})", missing_skips=True)
 
     def _draw(self, document: Document, seed: int) -> Image:
         from polymodal.eval.runner import DRAW_SAMPLING

@@ -246,6 +246,26 @@ def _speech_item(task: ShapesTask, index: int, seed: int) -> tuple[dict, dict[st
     return record, {reference: flac_bytes(audio)}
 
 
+def write_task(out: str | os.PathLike, task_name: str, items: int, *, seed: int = 0) -> Path:
+    """One task of the shapes suite alone: its first ``items`` items (the suite's, same ids and media)
+    written as a task folder into ``out``; returns the folder."""
+    if task_name not in SHAPES_TASKS:
+        raise ConfigError(f"unknown shapes task {task_name!r}; tasks: {', '.join(SHAPES_TASKS)}")
+    out = Path(out)
+    made, index = [], 0
+    while len(made) < items:
+        item = make_item(task_name, index, seed=seed)
+        index += 1
+        if item is not None:
+            made.append(item)
+    for _, media in made:
+        for relative, data in media.items():
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            (out / relative).write_bytes(data)
+    write_task_files(out, SHAPES_TASKS[task_name].spec, [record for record, _ in made])
+    return out
+
+
 def _make_chunk(job: tuple[str, int, int, int]) -> list[tuple[dict, dict[str, bytes]] | None]:
     """Worker: items ``start`` ... ``stop - 1`` of one task."""
     task_name, start, stop, seed = job
