@@ -3,6 +3,7 @@ and the new run's directions."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 import toys
 from polymodal.cli import app
+from polymodal.content import Audio
 from polymodal.errors import ConfigError
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
@@ -26,7 +28,8 @@ def base(tmp_path):
     text = TextTokenizer.train([f"a {c} square" for c in COLOURS] * 20, vocab_size=300)
     codec = DocumentTokenizer.from_tokenizers([text, toys.ToyImageTokenizer(), toys.ToyAudioTokenizer()])
     torch.manual_seed(0)
-    Run(Transformer(preset("debug", codec.vocab.size)), codec, ("text->text",)).save(tmp_path / "base")
+    directions = ("audio+text->text", "text->text")
+    Run(Transformer(preset("debug", codec.vocab.size)), codec, directions).save(tmp_path / "base")
     return tmp_path / "base"
 
 
@@ -45,7 +48,7 @@ def test_lora_finetune_adds_the_data_direction_and_leaves_the_base_alone(base, t
     config = FinetuneConfig(steps=6, batch_size=2, seq_len=64, lora_rank=2)
     run = finetune(base, [captions_folder(tmp_path / "mine")], tmp_path / "ft", config, progress=False,
                    say=said.append)  # fmt: skip
-    assert run.directions == ("image->text", "text->text")
+    assert run.directions == ("audio+text->text", "image->text", "text->text")
     assert Run.load(tmp_path / "ft" / "run").directions == run.directions
     assert (tmp_path / "ft" / "run" / ADAPTER_FILENAME).is_file()
     assert (base / "model.safetensors").read_bytes() == weights  # the base run's files are untouched
@@ -65,3 +68,31 @@ def test_a_bad_data_folder_fails_before_any_work(base, tmp_path):
         finetune(base, [tmp_path / "missing"], tmp_path / "ft2", progress=False, say=lambda _: None)
     result = CliRunner().invoke(app, ["finetune", str(base), "--data", str(bad), "--out", str(tmp_path / "ft3")])
     assert result.exit_code == 2 and "purple.png" in result.output
+
+
+def test_the_tasks_the_data_did_not_touch_are_scored_before_and_after(base, tmp_path):
+    suite = tmp_path / "suite"
+    (suite / "sounds" / "wav").mkdir(parents=True)
+    items = []
+    for k, level in enumerate((0.1, 0.3, 0.6)):
+        (suite / "sounds" / "wav" / f"{k}.wav").write_bytes(
+            Audio(np.full((1, 4000), level, np.float32), 16000).to_wav_bytes()
+        )
+        items.append({"id": str(k), "input": [{"audio": f"wav/{k}.wav"}, "how loud?"],
+                      "options": ["quiet", "loud"], "answer": "loud" if level > 0.2 else "quiet"})  # fmt: skip
+    (suite / "sounds" / "task.json").write_text(json.dumps({"name": "sounds", "output": "multiple_choice"}))
+    (suite / "sounds" / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (suite / "captions" / "img").mkdir(parents=True)
+    PILImage.new("RGB", (8, 8), COLOURS["red"]).save(suite / "captions" / "img" / "red.png")
+    (suite / "captions" / "task.json").write_text(json.dumps({"name": "captions", "output": "text", "chat": False}))
+    (suite / "captions" / "items.jsonl").write_text(json.dumps({"id": "r", "input": [{"image": "img/red.png"}],
+                                                                "answers": ["a red square"]}) + "\n")  # fmt: skip
+    said = []
+    config = FinetuneConfig(steps=4, batch_size=2, seq_len=64, check_suite=str(suite), max_drop=-1000.0)
+    finetune(base, [captions_folder(tmp_path / "mine")], tmp_path / "ft", config, progress=False, say=said.append)
+    report = json.loads((tmp_path / "ft" / "regression.json").read_text())
+    assert report["learned"] == ["image->text"]
+    assert [row["task"] for row in report["tasks"]] == ["sounds"]  # captions is what the data trains
+    row = report["tasks"][0]
+    assert row["direction"] == "audio+text->text" and row["drop"] == round(row["base"] - row["tuned"], 1)
+    assert report["warnings"] and any(line.startswith("WARNING: sounds got") for line in said)

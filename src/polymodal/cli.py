@@ -696,13 +696,26 @@ def finetune_cmd(
     fps: Annotated[float | None, typer.Option(help="Video frames sampled per second.", min=0.01)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the adapters and the data order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tune in --out.")] = False,
+    check: Annotated[
+        str | None,
+        typer.Option(help="After training, score base and tuned runs on this suite's tasks the data did not "
+                     "touch (shapes, or a folder); 'none' to skip."),  # fmt: skip
+    ] = "shapes",
+    check_limit: Annotated[int, typer.Option(help="Items per task of the check.", min=1)] = 20,
+    check_media_size: Annotated[
+        int | None, typer.Option(help="Resize the check's pictures (32 for a quickstart run).", min=8)
+    ] = None,
+    max_drop: Annotated[float, typer.Option(help="Warn when a task gets worse by more points than this.")] = 5.0,
 ) -> None:
-    """Fine-tune a run on your own data, every weight or LoRA; the new run declares what the data adds."""
+    """Fine-tune a run on your own data, every weight or LoRA; the new run declares what the data adds, and
+    the tasks the data did not touch are scored before and after."""
     from polymodal.train.finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_rank=lora_rank,
                             lora_alpha=lora_alpha, freeze=tuple(freeze or ()), direction=direction, chat=chat,
-                            fps=fps, seed=seed)  # fmt: skip
+                            fps=fps, seed=seed, check_suite=None if check in (None, "none") else check,
+                            check_limit=check_limit, check_media_size=check_media_size,
+                            max_drop=max_drop)  # fmt: skip
     try:
         run = finetune(run_dir, data, out, config, resume=resume, progress=sys.stderr.isatty(), say=typer.echo)
     except (PolymodalError, FileNotFoundError) as exc:

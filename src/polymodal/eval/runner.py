@@ -401,6 +401,9 @@ def evaluate_responder(
             except DirectionNotSupportedError as exc:
                 skipped[task.name] = str(exc)
                 continue
+            except ConfigError as exc:  # a judge that cannot run here (PocketSphinx not installed)
+                skipped[task.name] = f"not judged: {exc}"
+                continue
             results.append(result)
             answers += rows
             media.update(pictures)
