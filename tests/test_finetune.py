@@ -13,6 +13,7 @@ import toys
 from polymodal.cli import app
 from polymodal.content import Audio
 from polymodal.errors import ConfigError
+from polymodal.eval.regression import check_finetune
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
@@ -88,8 +89,9 @@ def test_the_tasks_the_data_did_not_touch_are_scored_before_and_after(base, tmp_
     (suite / "captions" / "items.jsonl").write_text(json.dumps({"id": "r", "input": [{"image": "img/red.png"}],
                                                                 "answers": ["a red square"]}) + "\n")  # fmt: skip
     said = []
-    config = FinetuneConfig(steps=4, batch_size=2, seq_len=64, check_suite=str(suite), max_drop=-1000.0)
+    config = FinetuneConfig(steps=4, batch_size=2, seq_len=64)
     finetune(base, [captions_folder(tmp_path / "mine")], tmp_path / "ft", config, progress=False, say=said.append)
+    check_finetune(tmp_path / "ft", suite, max_drop=-1000.0, say=said.append)
     report = json.loads((tmp_path / "ft" / "regression.json").read_text())
     assert report["learned"] == ["image->text"]
     assert [row["task"] for row in report["tasks"]] == ["sounds"]  # captions is what the data trains

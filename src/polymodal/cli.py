@@ -698,8 +698,10 @@ def finetune_cmd(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tune in --out.")] = False,
     check: Annotated[
         str | None,
-        typer.Option(help="After training, score base and tuned runs on this suite's tasks the data did not "
-                     "touch (shapes, or a folder); 'none' to skip."),  # fmt: skip
+        typer.Option(
+            help="After training, score base and tuned runs on this suite's tasks the data did not "
+            "touch (shapes, or a folder); 'none' to skip."
+        ),  # fmt: skip
     ] = "shapes",
     check_limit: Annotated[int, typer.Option(help="Items per task of the check.", min=1)] = 20,
     check_media_size: Annotated[
@@ -713,11 +715,17 @@ def finetune_cmd(
 
     config = FinetuneConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_rank=lora_rank,
                             lora_alpha=lora_alpha, freeze=tuple(freeze or ()), direction=direction, chat=chat,
-                            fps=fps, seed=seed, check_suite=None if check in (None, "none") else check,
-                            check_limit=check_limit, check_media_size=check_media_size,
-                            max_drop=max_drop)  # fmt: skip
+                            fps=fps, seed=seed)  # fmt: skip
+    progress = sys.stderr.isatty()
     try:
-        run = finetune(run_dir, data, out, config, resume=resume, progress=sys.stderr.isatty(), say=typer.echo)
+        run = finetune(run_dir, data, out, config, resume=resume, progress=progress, say=typer.echo)
+        if check not in (None, "none"):
+            from polymodal.eval.regression import check_finetune
+            from polymodal.eval.suites import resolve_suite
+
+            suite = resolve_suite(check, limit=check_limit, progress=progress)
+            check_finetune(out, suite, limit=check_limit, max_drop=max_drop, media_size=check_media_size,
+                           say=typer.echo)  # fmt: skip
     except (PolymodalError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"fine-tuned run -> {out / 'run'} ({', '.join(run.directions)})")

@@ -68,6 +68,16 @@ def parse_direction(direction: str) -> tuple[frozenset[str], str]:
     return frozenset(names), output.strip()
 
 
+def covers(directions: Iterable[str], inputs: Iterable[str], output: str) -> bool:
+    """Whether one of ``directions`` covers these input modalities and this output. Text beside media is
+    always covered (an instruction or a question about them): ``image+audio->text`` takes a picture, a
+    spoken question and a line of instructions."""
+    wanted = set(inputs)
+    media = wanted - {"text"}
+    return any(out == output and (wanted <= ins or bool(media and media <= ins))
+               for ins, out in map(parse_direction, directions))  # fmt: skip
+
+
 def check_directions(architecture: str, directions: Iterable[str]) -> None:
     """Every direction parses, and a late-fusion run declares text outputs only."""
     parsed = {d: parse_direction(d) for d in directions}
@@ -95,13 +105,8 @@ class Run:
         return architecture_of(self.model)
 
     def supports(self, inputs: Iterable[str], output: str) -> bool:
-        """Whether some declared direction covers these input modalities and this output. Text beside
-        media is always covered (an instruction or a question about them): a run that declares
-        ``image+audio->text`` takes a picture, a spoken question and a line of instructions."""
-        wanted = set(inputs)
-        media = wanted - {"text"}
-        return any(out == output and (wanted <= ins or (media and media <= ins))
-                   for ins, out in map(parse_direction, self.directions))  # fmt: skip
+        """Whether some declared direction covers these input modalities and this output (:func:`covers`)."""
+        return covers(self.directions, inputs, output)
 
     def save(self, directory: str | os.PathLike) -> Path:
         if getattr(self.model, "quantized", None):

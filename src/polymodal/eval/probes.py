@@ -172,17 +172,15 @@ class ImageProbes:
         return cls(probes, settings, meta["held_out"])
 
 
-def _flip_index() -> torch.Tensor:
-    """For each position, the one a left-right mirror puts it in."""
-    mirrored = []
-    for p in POSITIONS:
-        q = p.replace("left", "\0").replace("right", "left").replace("\0", "right")
-        mirrored.append(POSITIONS.index(q))
-    return torch.tensor(mirrored)
+def _mirror(position: str) -> str:
+    return position.replace("left", "\0").replace("right", "left").replace("\0", "right")
+
+
+_MIRRORED = torch.tensor([POSITIONS.index(_mirror(p)) for p in POSITIONS])  # position -> its left-right mirror
 
 
 def _flipped(attribute: str, labels: torch.Tensor) -> torch.Tensor:
-    return _flip_index()[labels] if attribute == "position" else labels
+    return _MIRRORED[labels] if attribute == "position" else labels
 
 
 def _pictures(rng: np.random.Generator, attribute: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -258,12 +258,17 @@ def write_task(out: str | os.PathLike, task_name: str, items: int, *, seed: int 
         index += 1
         if item is not None:
             made.append(item)
-    for _, media in made:
-        for relative, data in media.items():
-            (out / relative).parent.mkdir(parents=True, exist_ok=True)
-            (out / relative).write_bytes(data)
-    write_task_files(out, SHAPES_TASKS[task_name].spec, [record for record, _ in made])
+    _write_items(out, SHAPES_TASKS[task_name], made)
     return out
+
+
+def _write_items(folder: Path, task: ShapesTask, items: list[tuple[dict, dict[str, bytes]]]) -> None:
+    """Items' media files, then ``task.json`` and ``items.jsonl`` (checked by loading them)."""
+    for _, media in items:
+        for relative, data in media.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(data)
+    write_task_files(folder, task.spec, [record for record, _ in items])
 
 
 def _make_chunk(job: tuple[str, int, int, int]) -> list[tuple[dict, dict[str, bytes]] | None]:
@@ -302,12 +307,7 @@ def write_shapes_suite(
             with tqdm(total=items_per_task * len(SHAPES_TASKS), unit="item", desc="shapes suite",
                       disable=not progress) as bar:  # fmt: skip
                 for name, task in SHAPES_TASKS.items():
-                    items = _collect(name, items_per_task, seed, pool, workers, bar)
-                    for _, media in items:
-                        for relative, data in media.items():
-                            (staging / name / relative).parent.mkdir(parents=True, exist_ok=True)
-                            (staging / name / relative).write_bytes(data)
-                    write_task_files(staging / name, task.spec, [record for record, _ in items])
+                    _write_items(staging / name, task, _collect(name, items_per_task, seed, pool, workers, bar))
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)

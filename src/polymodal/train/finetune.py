@@ -7,6 +7,8 @@ the run's own vocabulary into ``OUT/data``, and trained from the run's weights b
 (``OUT/train``: checkpoints, metrics, ``--resume``) through one stage. The new run (``OUT/run``)
 declares the base run's directions plus every direction the data trains; with LoRA its weights are
 the adapters merged into the base, and ``adapter.safetensors`` beside them holds the adapters alone.
+``OUT/finetune.json`` records the base run and the directions the data trained, for
+:func:`polymodal.eval.regression.check_finetune` (what ``polymodal finetune`` runs next).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from polymodal.run import Run, architecture_of
 from polymodal.train.loop import TRAIN_FILENAME, Trainer
 from polymodal.train.stages import Recipe, StageConfig
 
-REGRESSION_FILENAME = "regression.json"
+FINETUNE_FILENAME = "finetune.json"  # OUT/finetune.json: the base run and the directions the data trained
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,12 +45,6 @@ class FinetuneConfig:
     chat: bool = False  # caption/transcript folders: as user/assistant chats
     fps: float | None = None  # videos
     seed: int = 0
-    # After training: the evaluation suite (a built-in name or a folder) on the directions the data did not
-    # touch, base beside tuned, check_limit items per task; a drop over max_drop points is a loud warning.
-    check_suite: str | None = None
-    check_limit: int = 20
-    check_media_size: int | None = None  # e.g. 32 for a quickstart run
-    max_drop: float = 5.0
 
     @property
     def learning_rate(self) -> float:
@@ -114,101 +110,12 @@ def finetune(
     trainer = Trainer(recipe, out / "train", resume=resume and (out / "train" / TRAIN_FILENAME).is_file(),
                       progress=progress, run_dir=out / "run")  # fmt: skip
     tuned = trainer.fit()
-    if config.check_suite is not None:
-        from polymodal.eval.suites import resolve_suite
-
-        suite = resolve_suite(config.check_suite, limit=config.check_limit, progress=progress)
-        report = regression_check(base, tuned, suite, learned, limit=config.check_limit, max_drop=config.max_drop,
-                                  say=say, media_size=config.check_media_size)  # fmt: skip
-        write_text_atomic(out / REGRESSION_FILENAME, json.dumps(report, indent=2) + "\n")
+    record = {"base": str(run_dir.resolve()), "run": str((out / "run").resolve()), "learned": learned,
+              "sources": [str(Path(source).resolve()) for source in sources]}  # fmt: skip
+    write_text_atomic(out / FINETUNE_FILENAME, json.dumps(record, indent=2) + "\n")
     return tuned
 
 
 def _documents(sources: Sequence[str | os.PathLike], config: FinetuneConfig) -> Iterator[Document]:
     for source in sources:
         yield from read_documents(source, **_options(config))
-
-
-# -- did the fine-tune break what the data did not touch? ---------------------------------------------------
-
-
-def task_direction(task) -> str:  # noqa: ANN001 (polymodal.eval.tasks.Task)
-    """The direction a task asks for: its items' input modalities -> its output's modality."""
-    from polymodal.eval.tasks import MediaRef
-
-    inputs = {p.kind for item in task.items for p in item.input if isinstance(p, MediaRef)}
-    if task.spec.output == "multiple_choice" or any(item.question for item in task.items):
-        inputs.add("text")
-    output = {"image": "image", "speech": "audio"}.get(task.spec.output, "text")
-    return f"{'+'.join(sorted(inputs or {'text'}))}->{output}"
-
-
-def headline(result) -> tuple[float, bool]:  # noqa: ANN001 (polymodal.eval.report.TaskResult)
-    """A task's main figure in points and whether higher is better: single-pass accuracy with media
-    (multiple choice), CIDEr-D x 100, WER, every named attribute right (pictures), recogniser WER (speech)."""
-    s = result.scores
-    if result.output == "multiple_choice":
-        return 100 * s["conditions"]["with_media"]["single_pass"]["value"], True
-    if result.output == "text":
-        return 100 * s["cider_d"]["value"], True
-    if result.output == "transcription":
-        return 100 * s["wer"]["value"], False
-    if result.output == "image":
-        return 100 * s["all_named"]["generated"]["value"], True
-    return 100 * s["asr_wer"]["generated"]["value"], False
-
-
-def regression_check(
-    base: Run,
-    tuned: Run,
-    suite,
-    learned: Sequence[str],
-    *,
-    limit: int = 20,
-    max_drop: float = 5.0,  # noqa: ANN001
-    say: Callable[[str], None] = print,
-    **evaluate_options,  # noqa: ANN003
-) -> dict:
-    """Score ``base`` and ``tuned`` on the tasks of ``suite`` whose direction the fine-tuning data did not
-    train (``learned``), ``limit`` items each; a task that got worse by more than ``max_drop`` points is a
-    loud warning. Returns the table (also what ``OUT/regression.json`` holds)."""
-    from polymodal.eval.runner import evaluate
-    from polymodal.eval.tasks import load_suite
-
-    loaded = load_suite(suite)
-    untouched = [t.name for t in loaded.tasks if not Run(base.model, base.tokenizer, tuple(learned)).supports(
-        *_parse(task_direction(t)))]  # fmt: skip
-    rows, warnings = [], []
-    if untouched:
-        before = evaluate(base, loaded, limit=limit, tasks=untouched, blind=False, **evaluate_options)
-        after = evaluate(tuned, loaded, limit=limit, tasks=untouched, blind=False, **evaluate_options)
-        for result in before.tasks:
-            old, higher_better = headline(result)
-            new, _ = headline(after.task(result.name))
-            drop = (old - new) if higher_better else (new - old)
-            rows.append({"task": result.name, "direction": task_direction(loaded_task(loaded, result.name)),
-                         "base": round(old, 1), "tuned": round(new, 1), "higher_is_better": higher_better,
-                         "drop": round(drop, 1)})  # fmt: skip
-            if drop > max_drop:
-                warnings.append(f"WARNING: {result.name} got worse by {drop:.1f} points ({old:.1f} -> {new:.1f}), "
-                                f"more than --max-drop {max_drop}")  # fmt: skip
-        skipped = sorted(set(before.skipped) | set(after.skipped))
-    else:
-        skipped = []
-    say(f"regression check on the {len(rows)} tasks the data did not touch ({limit} items each):")
-    for row in rows:
-        say(f"  {row['task']:<22} {row['direction']:<22} base {row['base']:6.1f}  tuned {row['tuned']:6.1f}  "
-            f"{'worse' if row['drop'] > 0 else 'change'} {abs(row['drop']):.1f}")  # fmt: skip
-    for line in warnings:
-        say(line)
-    return {"learned": list(learned), "limit": limit, "max_drop": max_drop, "tasks": rows, "warnings": warnings,
-            "skipped": skipped}  # fmt: skip
-
-
-def _parse(direction: str) -> tuple[set[str], str]:
-    inputs, output = direction.split("->")
-    return set(inputs.split("+")), output
-
-
-def loaded_task(suite, name: str):  # noqa: ANN001, ANN201
-    return next(t for t in suite.tasks if t.name == name)
