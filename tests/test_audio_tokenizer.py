@@ -1,4 +1,5 @@
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -111,3 +112,31 @@ def test_evaluate_reports_both_figures():
     scores = evaluate_mel_distance(tokenizer, [tone(0.5), tone(0.8, frequency=880.0)])
     assert set(scores) == {"mel_distance", "envelope_mel_distance"}
     assert all(np.isfinite(v) and v >= 0 for v in scores.values())
+
+
+def test_adapting_to_new_audio_keeps_every_code(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+
+    tokenizer, _ = trained
+    tokenizer.save(tmp_path / "base")
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for k, hz in enumerate((220.0, 330.0, 550.0, 880.0)):
+        (folder / f"{k}.wav").write_bytes(tone(1.0, frequency=hz).to_wav_bytes())
+    result = CliRunner().invoke(app, ["tokenizer", "train", "audio", str(folder), "--init", str(tmp_path / "base"),
+                                      "--adapt", "encoder", "--steps", "3", "--batch-size", "2",
+                                      "--out", str(tmp_path / "adapted")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    adapted = AudioTokenizer.load(tmp_path / "adapted")
+    every_code = torch.arange(adapted.vocab_size).view(1, -1)
+    with torch.no_grad():
+        assert torch.equal(tokenizer.model.decode(every_code), adapted.model.decode(every_code))
+    assert not torch.equal(tokenizer.model.encoder[0].weight, adapted.model.encoder[0].weight)
+    report = json.loads((tmp_path / "adapted" / "report.json").read_text())
+    assert report["init"]["adapt"] == "encoder" and "mel_distance" in report["init"]["held_out"]
+    assert "before (the tokenizer it continued from" in result.output
+    refused = CliRunner().invoke(app, ["tokenizer", "train", "audio", str(folder), "--init", str(tmp_path / "base"),
+                                       "--out", str(tmp_path / "base")])  # fmt: skip
+    assert refused.exit_code != 0 and "is the tokenizer being adapted" in refused.output

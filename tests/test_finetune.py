@@ -69,6 +69,11 @@ def test_a_bad_data_folder_fails_before_any_work(base, tmp_path):
         finetune(base, [tmp_path / "missing"], tmp_path / "ft2", progress=False, say=lambda _: None)
     result = CliRunner().invoke(app, ["finetune", str(base), "--data", str(bad), "--out", str(tmp_path / "ft3")])
     assert result.exit_code == 2 and "purple.png" in result.output
+    good = captions_folder(tmp_path / "good")
+    result = CliRunner().invoke(app, ["finetune", str(base), "--data", str(good), "--out", str(tmp_path / "ft4"),
+                                      "--lora-base", "int8"])  # fmt: skip
+    assert result.exit_code == 2 and "give a LoRA rank too" in result.output
+    assert not (tmp_path / "ft4").exists()
 
 
 def test_the_tasks_the_data_did_not_touch_are_scored_before_and_after(base, tmp_path):

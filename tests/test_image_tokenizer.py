@@ -162,3 +162,32 @@ def test_same_seed_same_tokenizer_and_broken_saved_configs(tmp_path):
         (tmp_path / "tokenizer_config.json").write_text(json.dumps(broken))
         with pytest.raises(ConfigError):
             ImageTokenizer.load(tmp_path)
+
+
+def dark_scene(rng: np.random.Generator, size: int = 32) -> Image:
+    """A new domain for the tokenizer trained on light scenes: bright shapes on a dark ground."""
+    pixels = np.asarray(scene(rng, size).pixels)
+    return Image(PILImage.fromarray((255 - pixels).astype(np.uint8)))
+
+
+@pytest.mark.parametrize("adapt", ["encoder", "all"])
+def test_adapting_to_a_new_domain_keeps_the_vocabulary(trained, adapt):
+    tokenizer, _ = trained
+    rng = np.random.default_rng(1)
+    images = [dark_scene(rng) for _ in range(400)]
+    held_out = [dark_scene(np.random.default_rng(20_000 + i)) for i in range(32)]
+    before = evaluate_psnr(tokenizer, held_out)["psnr@32"]
+    config = TrainConfig(steps=150, batch_size=16, eval_every=150, progress=False)
+    adapted, result = ImageTokenizer.train(images, train=config, held_out=held_out, init=tokenizer, adapt=adapt)
+    assert adapted.vocab_size == tokenizer.vocab_size and adapted.config == tokenizer.config
+    assert result.history[-1]["psnr@32"] > before + 0.5  # it learned the new domain
+    every_code = torch.arange(tokenizer.vocab_size).view(1, 1, -1)
+    with torch.no_grad():
+        old, new = tokenizer.model.decode(every_code), adapted.model.decode(every_code)
+    if adapt == "encoder":  # every code decodes exactly as before: a model's embeddings keep their meaning
+        assert torch.equal(old, new)
+    else:
+        assert not torch.equal(old, new)
+    assert not torch.equal(tokenizer.model.encoder[1].weight, adapted.model.encoder[1].weight)
+    with pytest.raises(ConfigError, match="adapt must be one of"):
+        tokenizer.trainable_copy("decoder")

@@ -186,3 +186,85 @@ def test_packed_documents_do_not_see_each_other():
     assert not torch.allclose(leaky[:, 5:], alone_b, atol=1e-3)
     with pytest.raises(ValueError, match="packed documents"):
         model(packed_ids, packed_pos, document_ids_BL=documents, cache=KVCache(model.config, 1, 16))
+
+
+def dense_band(B, L, window, valid=None, docs=None):
+    """The sliding-window mask written out in full: what banded_attention must equal."""
+    i = torch.arange(L)
+    allowed = (i[:, None] >= i[None]) & (i[:, None] - i[None] < window)
+    allowed = allowed.expand(B, L, L).clone()
+    if valid is not None:
+        allowed &= valid[:, None, :]
+    if docs is not None:
+        allowed &= docs[:, :, None] == docs[:, None, :]
+    allowed[:, i, i] = True
+    return allowed.unsqueeze(1)
+
+
+@pytest.mark.parametrize(("L", "window"), [(37, 8), (32, 8), (9, 16), (20, 1)])
+def test_banded_attention_equals_dense_banded_mask(L, window):
+    from polymodal.model.transformer import BandedMask, banded_attention
+
+    g = torch.Generator().manual_seed(L + window)
+    B, N, K, H = 2, 4, 2, 8
+    q, k, v = (torch.randn(B, n, L, H, generator=g) for n in (N, K, K))
+    valid = torch.rand(B, L, generator=g) > 0.2
+    docs = (torch.rand(B, L, generator=g) < 0.15).cumsum(1)
+    both = {"keys_valid_BL": valid, "document_ids_BL": docs}
+    for kwargs in ({}, {"keys_valid_BL": valid}, {"document_ids_BL": docs}, both):
+        got = banded_attention(q, k, v, BandedMask(window, **kwargs))
+        dense = dense_band(B, L, window, kwargs.get("keys_valid_BL"), kwargs.get("document_ids_BL"))
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense, enable_gqa=True)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_model_forgets_beyond_its_window_and_decodes_as_it_trains():
+    torch.manual_seed(0)
+    window, L = 4, 16
+    local = Transformer(preset("debug", VOCAB, sliding_window=window, modality_experts=True)).eval()
+    full = Transformer(preset("debug", VOCAB, modality_experts=True)).eval()
+    full.load_state_dict(local.state_dict())
+    ids, pos, modality = batch(B=2, L=L)
+    changed = ids.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = local(ids, pos, modality), local(changed, pos, modality)
+        # a token 2 layers × 3 tokens past the change can no longer see it, through any path
+        torch.testing.assert_close(a[:, 2 * (window - 1) + 1 :], b[:, 2 * (window - 1) + 1 :])
+        assert not torch.allclose(a[:, 2 * (window - 1)], b[:, 2 * (window - 1)])
+        f = full(ids, pos, modality)
+        torch.testing.assert_close(a[:, :window], f[:, :window])  # inside the window: full attention
+        assert not torch.allclose(a[:, window:], f[:, window:], atol=1e-4)
+        # decoding through the cache (prefill, then one token at a time, then decode_step) gives the same
+        cache = KVCache(local.config, batch_size=2, max_len=L)
+        steps = [local(ids[:, :6], pos[:, :6], modality[:, :6], cache=cache)]
+        for i in range(6, 10):
+            steps.append(local(ids[:, i : i + 1], pos[:, i : i + 1], modality[:, i : i + 1], cache=cache))
+        for i in range(10, L):
+            logits = local.decode_step(ids[:, i : i + 1], pos[:, i : i + 1], modality[:, i : i + 1],
+                                       torch.ones(2, 1, dtype=torch.bool), cache, torch.tensor([i]))  # fmt: skip
+            cache.length += 1
+            steps.append(logits[:, None])
+    torch.testing.assert_close(torch.cat(steps, 1), a, atol=1e-5, rtol=1e-5)
+
+
+def test_local_and_global_layers():
+    config = preset("debug", VOCAB, n_layers=4, sliding_window=8, full_attention_every=2)
+    assert [config.is_local(i) for i in range(4)] == [True, False, True, False]
+    assert not preset("debug", VOCAB).is_local(0)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    ids, pos, modality = batch(B=1, L=40)
+    changed = ids.clone()
+    changed[:, 0] += 1
+    with torch.no_grad():  # a global layer carries the first token to the last, which local layers cannot
+        assert not torch.allclose(model(ids, pos)[:, -1], model(changed, pos)[:, -1])
+        loss = model(ids, pos).logsumexp(-1).mean()
+    model.train()
+    model(ids, pos).logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="sliding_window"):
+        preset("debug", VOCAB, sliding_window=0)
+    with pytest.raises(ConfigError, match="only applies with a sliding_window"):
+        preset("debug", VOCAB, full_attention_every=2)

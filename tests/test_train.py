@@ -1,6 +1,7 @@
 """The training loop: exact resume, accumulation and data parallelism equal one big step, stages,
 freezing, conditioning dropout, alignment, and clear errors before any work."""
 
+import copy
 import json
 import os
 import socket
@@ -409,7 +410,8 @@ def test_media_embeddings_start_from_the_code_latents():
     assert loop.init_media_embeddings(small, toy) == [] and torch.equal(small.embed.weight, kept)
 
 
-def test_lora_learns_a_new_task_while_the_base_stays_bit_identical(corpus, tmp_path):
+@pytest.mark.parametrize("lora_base", ["full", "int8"])
+def test_lora_learns_a_new_task_while_the_base_stays_bit_identical(corpus, tmp_path, lora_base):
     # The base must know its output words: LoRA cannot grow an untrained (tied) embedding row, and a
     # random row cannot win a softmax (measured: a random debug model under LoRA alone stalls at 4.7 nats).
     answers = replace(recipe(corpus).stages[1], steps=60, lr=1e-2, freeze=())
@@ -421,22 +423,33 @@ def test_lora_learns_a_new_task_while_the_base_stays_bit_identical(corpus, tmp_p
     write_tokenized(swapped, base_run.tokenizer, tmp_path / "swapped", max_length=64)
     chats = StageConfig(name="adapt", data={str(tmp_path / "swapped"): 1.0}, steps=40, batch_size=4, seq_len=64,
                         lr=1e-2)  # fmt: skip
-    adapted = recipe(corpus, stages=(chats,), init=str(tmp_path / "base-run"), lora={"rank": 4, "alpha": 16})
+    lora = {"rank": 4, "alpha": 16, "base": lora_base}
+    adapted = recipe(corpus, stages=(chats,), init=str(tmp_path / "base-run"), lora=lora)
     merged = Trainer(adapted, tmp_path / "lora", progress=False).fit()
     history = [loss for _, loss, _ in losses(tmp_path / "lora") if loss is not None]
     assert sum(history[-5:]) < 0.5 * sum(history[:5])  # it learned the chats
     # the checkpoint holds the adapted model: every base weight as it was, only the adapters trained
     state = latest_checkpoint(tmp_path / "lora").model_state()
     base = base_run.model.state_dict()
+    quantized = copy.deepcopy(base_run.model)
+    loop.apply_lora(quantized, loop.LoRAConfig(rank=4, base=lora_base))
+    base_quantized = quantized.state_dict()  # the base as the adapters see it: int8 rows and scales
     for name, tensor in state.items():
         if ".lora_" in name:
             continue
-        assert torch.equal(tensor, base[name.replace(".base.", ".")]), name
+        assert torch.equal(tensor, base_quantized[name]), name
+        if lora_base == "full":
+            assert torch.equal(tensor, base[name.replace(".base.", ".")]), name
     assert sum(".lora_a" in k for k in state) == 7 * len(base_run.model.layers)
+    if lora_base == "int8":  # a quarter of the bytes, within int8 rounding of the full weights
+        q, scale = state["layers.0.attention.wq.base.q"], state["layers.0.attention.wq.base.scale"]
+        full = base["layers.0.attention.wq.weight"]
+        assert q.dtype == torch.int8 and q.numel() == full.numel()
+        assert (q.float() * scale[:, None] - full).abs().max() <= scale.max() / 2 + 1e-7
     # the saved run is the plain model with the adapters merged: the adapter's outputs, up to rounding
     again = Trainer(adapted, tmp_path / "unused", progress=False)
     model = loop.build_model(adapted, again.vocab.size)
-    loop.apply_lora(model, loop.LoRAConfig(rank=4, alpha=16))
+    loop.apply_lora(model, loop.LoRAConfig(rank=4, alpha=16, base=lora_base))
     model.load_state_dict(state)
     seq = base_run.tokenizer.encode(Document.chat(("user", [picture("red"), "colour?"])), add_eos=False)
     inputs = (seq.ids[None], seq.positions[None], seq.modality[None])

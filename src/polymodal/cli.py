@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from polymodal import __version__
-from polymodal.errors import PolymodalError
+from polymodal.errors import ConfigError, PolymodalError
 from polymodal.eval.cli import eval_app
 
 app = typer.Typer(
@@ -193,6 +193,19 @@ BatchOption = Annotated[int, typer.Option(help="Examples per step.", min=1)]
 LrOption = Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine).", min=1e-8)]
 SeedOption = Annotated[int, typer.Option(help="Seed for data order and initialisation.")]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the tokenizer to.")]
+InitOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Continue training this tokenizer on the new data (its config and vocabulary; --preset is ignored)."
+    ),
+]
+AdaptOption = Annotated[
+    str,
+    typer.Option(
+        help="With --init: 'encoder' (every code decodes as before: a model's embeddings keep their "
+        "meaning) or 'all' (the decoder trains too)."
+    ),
+]
 
 
 @train_app.command("text")
@@ -229,23 +242,38 @@ def _train_config(steps: int, batch_size: int, lr: float, seed: int):
     )
 
 
-def _train_media(module, tokenizer_cls, sources: list[Path], out: Path, preset: str, train, data_fn) -> None:
-    """Shared by ``train image`` and ``train audio``: gather data, train, save, report."""
+def _train_media(module, tokenizer_cls, sources: list[Path], out: Path, preset: str, train, data_fn,
+                 init: Path | None = None, adapt: str = "all") -> None:  # fmt: skip
+    """Shared by ``train image`` and ``train audio``: gather data, train (or continue training ``init``),
+    save, report."""
     from polymodal.tokenizers.recipes import write_report
 
     kind = tokenizer_cls.modality
+    start, before = None, None
     try:
-        config = module.preset(preset)
+        if init is not None:
+            start = tokenizer_cls.load(init)
+            if out.resolve() == init.resolve():
+                raise ConfigError(f"--out {out} is the tokenizer being adapted: write the adapted one elsewhere")
+        config = start.config if start is not None else module.preset(preset)
         training, held_out = data_fn(config)
         data = f"{len(sources)} paths" if sources else "shapes-world corpus (built in)"
-        typer.echo(f"training the {preset} {kind} tokenizer on {data} for {train.steps} steps", err=True)
-        tokenizer, result = tokenizer_cls.train(training, config=config, train=train, held_out=held_out)
+        what = f"{adapt} of the {kind} tokenizer {init}" if start is not None else f"the {preset} {kind} tokenizer"
+        typer.echo(f"training {what} on {data} for {train.steps} steps", err=True)
+        if start is not None and held_out:
+            before = {"path": str(init), "adapt": adapt, "held_out": start.held_out_figures(held_out)}
+        tokenizer, result = tokenizer_cls.train(training, config=config, train=train, held_out=held_out,
+                                                init=start, adapt=adapt)  # fmt: skip
     except (PolymodalError, FileNotFoundError, FloatingPointError) as exc:
         _fail(exc)
     tokenizer.save(out)
-    report = write_report(out, kind=kind, preset=preset, data=data, train=train, result=result)
+    report = write_report(out, kind=kind, preset="(from --init)" if start is not None else preset, data=data,
+                          train=train, result=result, init=before)  # fmt: skip
     figures = ", ".join(f"{k} {v:.3g}" for k, v in report["held_out"].items() if k != "step")
     typer.echo(f"{out}: {tokenizer.vocab_size} codes, {report['seconds']} s; held-out {figures}")
+    if before is not None:
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in before["held_out"].items())
+        typer.echo(f"  before (the tokenizer it continued from, same held-out data): {figures}")
 
 
 @train_app.command("image")
@@ -262,8 +290,11 @@ def train_image(
     corpus_images: Annotated[
         int, typer.Option(help="Shapes-world scenes to train on (without SOURCES).", min=2)
     ] = 4000,
+    init: InitOption = None,
+    adapt: AdaptOption = "all",
 ) -> None:
-    """Train the image tokenizer (autoencoder + FSQ) and report held-out PSNR."""
+    """Train the image tokenizer (autoencoder + FSQ) and report held-out PSNR; with --init, continue
+    training a tokenizer on new images (same vocabulary)."""
     from polymodal.tokenizers import image
     from polymodal.tokenizers.recipes import image_data
 
@@ -272,7 +303,7 @@ def train_image(
     def data(config):
         return image_data(sources or [], side=config.buckets[-1], seed=seed, corpus_images=corpus_images)
 
-    _train_media(image, image.ImageTokenizer, sources or [], out, preset, train, data)
+    _train_media(image, image.ImageTokenizer, sources or [], out, preset, train, data, init, adapt)
 
 
 @train_app.command("audio")
@@ -287,8 +318,11 @@ def train_audio(
     lr: LrOption = 1e-3,
     seed: SeedOption = 0,
     corpus_clips: Annotated[int, typer.Option(help="Shapes-world clips to train on (without SOURCES).", min=2)] = 2000,
+    init: InitOption = None,
+    adapt: AdaptOption = "all",
 ) -> None:
-    """Train the audio tokenizer (mel encoder + FSQ + STFT decoder) and report held-out mel distance."""
+    """Train the audio tokenizer (mel encoder + FSQ + STFT decoder) and report held-out mel distance; with
+    --init, continue training a tokenizer on new audio (same vocabulary)."""
     from polymodal.tokenizers import audio
     from polymodal.tokenizers.recipes import audio_data
 
@@ -301,6 +335,8 @@ def train_audio(
         preset,
         train,
         lambda config: audio_data(sources or [], seed=seed, corpus_clips=corpus_clips),
+        init,
+        adapt,
     )
 
 
@@ -688,6 +724,9 @@ def finetune_cmd(
         int | None, typer.Option(help="Train low-rank adapters of this rank (else every weight).", min=1)
     ] = None,  # fmt: skip
     lora_alpha: Annotated[float | None, typer.Option(help="Adapter scale numerator (default 2 x rank).")] = None,
+    lora_base: Annotated[
+        str, typer.Option(help="The frozen weights under the adapters: full, or int8 (a quarter of the memory).")
+    ] = "full",
     freeze: Annotated[
         list[str] | None, typer.Option(help="Parameter-name prefix to leave untouched (repeatable).")
     ] = None,
@@ -713,11 +752,11 @@ def finetune_cmd(
     the tasks the data did not touch are scored before and after."""
     from polymodal.train.finetune import FinetuneConfig, finetune
 
-    config = FinetuneConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_rank=lora_rank,
-                            lora_alpha=lora_alpha, freeze=tuple(freeze or ()), direction=direction, chat=chat,
-                            fps=fps, seed=seed)  # fmt: skip
     progress = sys.stderr.isatty()
     try:
+        config = FinetuneConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_rank=lora_rank,
+                                lora_alpha=lora_alpha, lora_base=lora_base, freeze=tuple(freeze or ()),
+                                direction=direction, chat=chat, fps=fps, seed=seed)  # fmt: skip
         run = finetune(run_dir, data, out, config, resume=resume, progress=progress, say=typer.echo)
         if check not in (None, "none"):
             from polymodal.eval.regression import check_finetune

@@ -31,6 +31,11 @@ class ModelConfig:
     modality_experts: bool = False  # one feed-forward per modality, chosen by each token's modality
     num_modalities: int = 4  # size of the modality index (0 = special, then the vocabulary's ranges)
     max_seq_len: int = 2048  # the KV cache's default capacity
+    # Sliding-window attention: a token attends to itself and the sliding_window - 1 tokens before it
+    # (None: to every earlier token). With full_attention_every = n, every n-th layer (the n-th, 2n-th
+    # ...) still attends to the whole context: local + global layers.
+    sliding_window: int | None = None
+    full_attention_every: int = 0
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -41,6 +46,12 @@ class ModelConfig:
             raise ConfigError(f"model: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"model: head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"model: sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if self.full_attention_every < 0:
+            raise ConfigError(f"model: full_attention_every must be >= 0, got {self.full_attention_every}")
+        if self.full_attention_every and self.sliding_window is None:
+            raise ConfigError("model: full_attention_every only applies with a sliding_window")
         sections = self.sections
         if len(sections) != 3 or min(sections) < 0 or sum(sections) != self.head_dim // 2:
             raise ConfigError(
@@ -59,6 +70,12 @@ class ModelConfig:
         pairs = self.head_dim // 2
         quarter = pairs // 4
         return (pairs - 2 * quarter, quarter, quarter)
+
+    def is_local(self, layer: int) -> bool:
+        """Whether layer ``layer`` (from 0) attends only within the sliding window."""
+        if self.sliding_window is None:
+            return False
+        return not (self.full_attention_every and (layer + 1) % self.full_attention_every == 0)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -259,12 +259,12 @@ class LateFusion(nn.Module):
             if cache is not None:
                 cache.media_features, cache.media_valid = features, media.valid
         cos, sin = backbone.rotary(positions_BL3)
-        mask = backbone.causal_mask(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
+        masks = backbone.attention_masks(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
         x = backbone.embed(ids_BL)
         for index, layer in enumerate(backbone.layers):
             if str(index) in self.cross:
                 x = self.cross[str(index)](x, features, reads)
-            x = layer(x, cos, sin, mask, cache, index, modality_BL)
+            x = layer(x, cos, sin, masks[index], cache, index, modality_BL)
         if cache is not None:
             cache.length += L
         return backbone.logits(x)

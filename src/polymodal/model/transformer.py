@@ -3,7 +3,8 @@
 RMSNorm, SwiGLU feed-forward (optionally one per modality), grouped-query attention through
 ``scaled_dot_product_attention`` (FlashAttention on GPU, a math kernel on CPU), the time-aligned
 3-axis rotary embedding of DESIGN.md, optional tied embeddings, one head over the whole vocabulary,
-and a preallocated KV cache for decoding.
+a preallocated KV cache for decoding, and optional sliding-window attention (local layers, with
+every n-th layer global), computed in blocks so that memory grows with length × window, not length².
 
 Written for one device: data/model parallelism and compilation are applied from outside
 (``train/parallelize.py``). It sees only ids, modalities and positions — no tokenizer, no media.
@@ -15,6 +16,7 @@ K key/value heads, H head dim, V vocabulary, M modalities.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,50 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+@dataclass
+class BandedMask:
+    """Sliding-window attention over a whole sequence (no cache): each query sees the ``window`` keys
+    ending at itself, of its own document (``document_ids_BL``) and real (``keys_valid_BL``)."""
+
+    window: int
+    keys_valid_BL: torch.Tensor | None = None
+    document_ids_BL: torch.Tensor | None = None
+
+
+def banded_attention(q_BNLH: torch.Tensor, k_BKLH: torch.Tensor, v_BKLH: torch.Tensor,
+                     mask: BandedMask) -> torch.Tensor:  # fmt: skip
+    """Sliding-window causal attention in blocks of ``window`` queries, each against the ``2 · window``
+    keys that can reach it: the scores of one block are ``[window, 2 · window]``, so memory and time
+    grow as ``L · window`` instead of ``L²``. Equal to SDPA under the dense banded mask."""
+    B, N, L, H = q_BNLH.shape
+    K, W = k_BKLH.shape[1], mask.window
+    blocks = -(-L // W)
+    tail = blocks * W - L
+    q = F.pad(q_BNLH, (0, 0, 0, tail)).view(B, N, blocks, W, H).transpose(1, 2).reshape(B * blocks, N, W, H)
+
+    def key_blocks(t_BKLH: torch.Tensor) -> torch.Tensor:  # block i holds keys i·W − W … i·W + W − 1
+        t = F.pad(t_BKLH, (0, 0, W, tail)).unfold(2, 2 * W, W)  # [B, K, blocks, H, 2W]
+        return t.permute(0, 2, 1, 4, 3).reshape(B * blocks, K, 2 * W, H)
+
+    device = q_BNLH.device
+    offset = torch.arange(2 * W, device=device)
+    row = torch.arange(W, device=device)
+    band = (offset[None, :] > row[:, None]) & (offset[None, :] <= row[:, None] + W)  # [W, 2W]: distance 0 … W−1
+    real = torch.ones(B, L, dtype=torch.bool, device=device) if mask.keys_valid_BL is None else mask.keys_valid_BL
+    keys_real = F.pad(real, (W, tail), value=False).unfold(1, 2 * W, W)  # [B, blocks, 2W]
+    allowed = band[None, None] & keys_real[:, :, None, :]  # [B, blocks, W, 2W]
+    if mask.document_ids_BL is not None:
+        docs_k = F.pad(mask.document_ids_BL, (W, tail), value=-1).unfold(1, 2 * W, W)
+        docs_q = F.pad(mask.document_ids_BL, (0, tail), value=-1).view(B, blocks, W)
+        allowed &= docs_q[..., :, None] == docs_k[..., None, :]
+    allowed[..., row, row + W] = True  # every query sees itself: padding rows stay finite
+    out = F.scaled_dot_product_attention(
+        q, key_blocks(k_BKLH), key_blocks(v_BKLH), attn_mask=allowed.view(B * blocks, 1, W, 2 * W),
+        enable_gqa=N != K,
+    )  # fmt: skip
+    return out.view(B, blocks, N, W, H).transpose(1, 2).reshape(B, N, blocks * W, H)[:, :, :L]
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -130,8 +176,9 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
 
-    def forward(self, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int, slot: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(self, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | BandedMask | None, cache: KVCache | None, layer: int,
+                slot: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         B, L, _ = x_BLD.shape
         q = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -139,9 +186,12 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, k, v, slot)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_heads != self.n_kv_heads
-        )
+        if isinstance(mask, BandedMask):
+            out = banded_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_heads != self.n_kv_heads
+            )
         return self.wo(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
 
@@ -265,10 +315,10 @@ class Transformer(nn.Module):
             raise ValueError("packed documents are for training; decode one document per row with a cache")
         B, L = ids_BL.shape
         cos, sin = self.rotary(positions_BL3)
-        mask = self.causal_mask(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
+        masks = self.attention_masks(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
         x = self.embed(ids_BL)
         for index, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, index, modality_BL)
+            x = layer(x, cos, sin, masks[index], cache, index, modality_BL)
         if cache is not None:
             cache.length += L
         return x
@@ -285,9 +335,12 @@ class Transformer(nn.Module):
         cos, sin = self.rotary(positions_B13)
         cache.valid.index_copy_(1, slot, valid_B1)
         mask = cache.valid[:, None, None, : cache.visible]
+        local = mask
+        if self.config.sliding_window is not None:  # the cache keeps every slot; the window hides the old ones
+            local = mask & (torch.arange(mask.shape[-1], device=mask.device) > slot - self.config.sliding_window)
         x = self.embed(ids_B1)
         for index, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, index, modality_B1, slot)
+            x = layer(x, cos, sin, local if self.config.is_local(index) else mask, cache, index, modality_B1, slot)
         return self.logits(x)[:, -1]
 
     def logits(self, x_BLD: torch.Tensor) -> torch.Tensor:
@@ -295,11 +348,32 @@ class Transformer(nn.Module):
         x = self.norm(x_BLD)
         return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
 
+    def attention_masks(self, B: int, L: int, attention_mask_BL: torch.Tensor | None, cache: KVCache | None,
+                        device: torch.device, document_ids_BL: torch.Tensor | None = None) -> list:  # fmt: skip
+        """Each layer's mask for :meth:`Attention.forward` (arguments as :meth:`causal_mask`): the causal
+        one, or for local layers its sliding-window version (blocks of a :class:`BandedMask` when the
+        whole sequence is longer than the window, else a dense banded mask)."""
+        window, n = self.config.sliding_window, self.config.n_layers
+        local = None
+        if window is not None:
+            if cache is None and L > window:
+                local = BandedMask(window, attention_mask_BL, document_ids_BL)
+            elif cache is not None:
+                local = self.causal_mask(B, L, attention_mask_BL, cache, device, document_ids_BL, window=window)
+        if local is not None and all(self.config.is_local(i) for i in range(n)):
+            return [local] * n
+        full = self.causal_mask(B, L, attention_mask_BL, cache, device, document_ids_BL)
+        if local is None:
+            return [full] * n
+        return [local if self.config.is_local(i) else full for i in range(n)]
+
     @staticmethod
     def causal_mask(B: int, L: int, attention_mask_BL: torch.Tensor | None, cache: KVCache | None,
-              device: torch.device, document_ids_BL: torch.Tensor | None = None) -> torch.Tensor | None:  # fmt: skip
-        """A boolean ``[B, 1, L, S]`` mask (True = may attend), or None for the plain causal fast path."""
-        if cache is None and attention_mask_BL is None and document_ids_BL is None:
+                    device: torch.device, document_ids_BL: torch.Tensor | None = None, *,
+                    window: int | None = None) -> torch.Tensor | None:  # fmt: skip
+        """A boolean ``[B, 1, L, S]`` mask (True = may attend), or None for the plain causal fast path.
+        With ``window``, a query sees only the ``window`` keys ending at itself."""
+        if cache is None and attention_mask_BL is None and document_ids_BL is None and window is None:
             return None
         past = cache.length if cache is not None else 0
         S = past + L
@@ -320,6 +394,8 @@ class Transformer(nn.Module):
                 else torch.ones(B, L, dtype=torch.bool, device=device)
             )
         causal = torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=past)
+        if window is not None:
+            causal = causal.triu(diagonal=past - window + 1)
         mask = causal.unsqueeze(0) & keys_valid[:, None, :]
         if document_ids_BL is not None:  # block-causal: no attention across packed documents
             mask &= document_ids_BL[:, :, None] == document_ids_BL[:, None, :]

@@ -215,12 +215,17 @@ class AudioTokenizer(NeuralTokenizer):
         config: AudioTokenizerConfig | str = "tiny",
         train: TrainConfig | None = None,
         held_out: Sequence[Audio] = (),
+        init: AudioTokenizer | None = None,
+        adapt: str = "all",
     ) -> tuple[AudioTokenizer, TrainResult]:
-        """Train on random crops of ``clips`` (a list is cycled; a stream is read once)."""
-        config = preset(config) if isinstance(config, str) else config
+        """Train on random crops of ``clips`` (a list is cycled; a stream is read once).
+
+        With ``init``, continue training that tokenizer (its config, its vocabulary) on these clips:
+        ``adapt`` is what trains (see :meth:`NeuralTokenizer.trainable_copy`)."""
+        config = init.config if init is not None else preset(config) if isinstance(config, str) else config
         train = train or TrainConfig()
         torch.manual_seed(train.seed)  # the seed fixes the initial weights too
-        tokenizer = cls(config)
+        tokenizer = cls(config, init.trainable_copy(adapt)) if init is not None else cls(config)
         batches = _batches(tokenizer, clips, train.batch_size, seed=train.seed)
         mel = tokenizer.model.mel
 
@@ -238,6 +243,9 @@ class AudioTokenizer(NeuralTokenizer):
             tokenizer.model.train(), batches, loss_fn, train, evaluate=evaluate, description="audio tokenizer"
         )
         return cls(config, result.model), result
+
+    def held_out_figures(self, clips: Sequence[Audio]) -> dict[str, float]:
+        return evaluate_mel_distance(self, clips)
 
 
 def evaluate_mel_distance(tokenizer: AudioTokenizer, clips: Sequence[Audio]) -> dict[str, float]:

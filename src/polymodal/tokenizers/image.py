@@ -263,12 +263,17 @@ class ImageTokenizer(NeuralTokenizer):
         config: ImageTokenizerConfig | str = "tiny",
         train: TrainConfig | None = None,
         held_out: Sequence[Image] = (),
+        init: ImageTokenizer | None = None,
+        adapt: str = "all",
     ) -> tuple[ImageTokenizer, TrainResult]:
-        """Train on a stream of images (cycled if finite), reporting held-out PSNR at every bucket."""
-        config = preset(config) if isinstance(config, str) else config
+        """Train on a stream of images (cycled if finite), reporting held-out PSNR at every bucket.
+
+        With ``init``, continue training that tokenizer (its config, its vocabulary) on these images:
+        ``adapt`` is what trains (see :meth:`NeuralTokenizer.trainable_copy`)."""
+        config = init.config if init is not None else preset(config) if isinstance(config, str) else config
         train = train or TrainConfig()
         torch.manual_seed(train.seed)  # the seed fixes the initial weights too
-        model = ImageAutoencoder(config)
+        model = init.trainable_copy(adapt) if init is not None else ImageAutoencoder(config)
         batches = _batches(images, config, train.batch_size, seed=train.seed)
 
         def loss_fn(net: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -280,6 +285,9 @@ class ImageTokenizer(NeuralTokenizer):
         evaluate = (lambda net: evaluate_psnr(cls(config, net), held_out)) if held_out else None
         result = train_autoencoder(model, batches, loss_fn, train, evaluate=evaluate, description="image tokenizer")
         return cls(config, result.model), result
+
+    def held_out_figures(self, images: Sequence[Image]) -> dict[str, float]:
+        return evaluate_psnr(self, images)
 
 
 def evaluate_psnr(tokenizer: ImageTokenizer, images: Sequence[Image]) -> dict[str, float]:

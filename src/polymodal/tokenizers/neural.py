@@ -6,6 +6,7 @@ the typed config) and ``model.safetensors`` (the EMA weights). Knows nothing of 
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
@@ -55,6 +56,9 @@ def cycle_examples(items: Iterable[T], rng: np.random.Generator, what: str) -> I
     raise ConfigError(f"the {what} stream ran out before training ended: pass a list, or a longer stream")
 
 
+ADAPT_PARTS = ("all", "encoder")
+
+
 class NeuralTokenizer:
     """Base of the image and audio tokenizers: a typed config plus an autoencoder with an FSQ quantizer."""
 
@@ -76,6 +80,19 @@ class NeuralTokenizer:
         """Where the autoencoder runs: move it with ``tokenizer.model.to(...)``. Parts and spans stay on
         the CPU whatever it is (inputs go over, codes and media come back)."""
         return next(self.model.parameters()).device
+
+    def trainable_copy(self, adapt: str = "all") -> nn.Module:
+        """A copy of the autoencoder to continue training on new data (a new domain or resolution): the
+        vocabulary never changes (FSQ's codebook is a fixed grid). ``adapt="encoder"`` trains the
+        encoder alone, so that every code still decodes to exactly what it did and a model's embeddings
+        of this range keep their meaning; ``"all"`` also trains the decoder (better reconstructions,
+        codes whose look or sound drifts a little)."""
+        if adapt not in ADAPT_PARTS:
+            raise ConfigError(f"{self.modality} tokenizer: adapt must be one of {ADAPT_PARTS}, got {adapt!r}")
+        model = copy.deepcopy(self.model).train()
+        for name, p in model.named_parameters():
+            p.requires_grad_(adapt == "all" or name.startswith("encoder."))
+        return model
 
     @torch.no_grad()
     def code_latents(self) -> torch.Tensor:

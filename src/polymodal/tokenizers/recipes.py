@@ -81,13 +81,22 @@ def audio_data(
 
 
 def write_report(
-    directory: str | os.PathLike, *, kind: str, preset: str, data: str, train: TrainConfig, result: TrainResult
+    directory: str | os.PathLike,
+    *,
+    kind: str,
+    preset: str,
+    data: str,
+    train: TrainConfig,
+    result: TrainResult,
+    init: dict | None = None,
 ) -> dict:
-    """Save what was trained, on what, how long it took and its held-out figures."""
+    """Save what was trained, on what, how long it took and its held-out figures (with ``init``: the
+    tokenizer it continued from, and that tokenizer's figures on the same held-out data)."""
     report = {
         "tokenizer": kind,
         "preset": preset,
         "data": data,
+        **({"init": init} if init is not None else {}),
         "train": {k: v for k, v in vars(train).items() if k != "progress"},
         "seconds": round(result.seconds, 1),
         "held_out": result.history[-1] if result.history else {},

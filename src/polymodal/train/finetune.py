@@ -40,11 +40,18 @@ class FinetuneConfig:
     warmup_steps: int = 10
     lora_rank: int | None = None  # None: full fine-tuning
     lora_alpha: float | None = None  # default: twice the rank
+    lora_base: str = "full"  # "int8": the frozen weights under the adapters held as int8 (a quarter the memory)
     freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched (e.g. "embed", "layers.0")
     direction: str | None = None  # caption/transcript folders: e.g. text->image
     chat: bool = False  # caption/transcript folders: as user/assistant chats
     fps: float | None = None  # videos
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lora_base not in ("full", "int8"):
+            raise ConfigError(f"lora_base must be 'full' or 'int8', got {self.lora_base!r}")
+        if self.lora_base == "int8" and not self.lora_rank:
+            raise ConfigError("an int8 base is for LoRA: give a LoRA rank too (--lora-rank)")
 
     @property
     def learning_rate(self) -> float:
@@ -94,7 +101,8 @@ def finetune(
         raise ConfigError(f"{data}: no document was left to learn from")
     lora = None
     if config.lora_rank:
-        lora = {"rank": config.lora_rank, "alpha": config.lora_alpha or 2.0 * config.lora_rank}
+        alpha = config.lora_alpha or 2.0 * config.lora_rank
+        lora = {"rank": config.lora_rank, "alpha": alpha, "base": config.lora_base}
     stage = StageConfig(name="finetune", data={str(data): 1.0}, steps=config.steps, batch_size=config.batch_size,
                         seq_len=config.seq_len, lr=config.learning_rate,
                         warmup_steps=min(config.warmup_steps, config.steps - 1),
@@ -105,7 +113,8 @@ def finetune(
         model="debug", model_overrides=model_config, vocab=str(run_dir), init=str(run_dir), seed=config.seed,
         lora=lora, workers=1, checkpoint_every=max(1, config.steps // 4),
     )  # fmt: skip
-    say(f"fine-tuning {'LoRA rank ' + str(config.lora_rank) if lora else 'every weight'}: {config.steps} steps "
+    what = f"LoRA rank {config.lora_rank}" + (" on an int8 base" if config.lora_base == "int8" else "")
+    say(f"fine-tuning {what if lora else 'every weight'}: {config.steps} steps "
         f"of {config.batch_size} rows; directions learned: {', '.join(learned)}")  # fmt: skip
     trainer = Trainer(recipe, out / "train", resume=resume and (out / "train" / TRAIN_FILENAME).is_file(),
                       progress=progress, run_dir=out / "run")  # fmt: skip
