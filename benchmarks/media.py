@@ -8,7 +8,10 @@ an image and a second of speech with a run (tokens + decoder), in one process on
   quickstart's ``DIR/run``; by default an untrained ``tiny`` model over the built-in vocabulary, which
   costs the same per token), greedy, unguided and with classifier-free guidance (the conditioned and
   unconditioned prompts run as one batch): tokens/s, total time, and for speech the real-time factor
-  (compute time / audio duration; below 1 is faster than real time).
+  (compute time / audio duration; below 1 is faster than real time);
+* streamed speech: the same speech (1 s and up to 5 s) written with ``audio_chunk`` (the clip comes
+  out in chunks of that many codes as it is generated, each decoded with the decoder's context):
+  time to first audio beside the time to the whole clip.
 
 Each figure is the median of ``--repeats`` runs after one warm-up.
 
@@ -29,7 +32,7 @@ import torch
 from common import machine_name, sync
 
 from polymodal.content import Document
-from polymodal.generation import SamplingConfig, generate
+from polymodal.generation import AudioDelta, SamplingConfig, generate, stream
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
 from polymodal.tokenizers.audio import SAMPLE_RATE
@@ -100,6 +103,31 @@ def generation(run: Run, device: torch.device, repeats: int) -> dict:
     return results
 
 
+def streaming(run: Run, device: torch.device, repeats: int, chunk: int) -> dict:
+    results = {}
+    prompt = Document.of("say: the red circle is on the left")
+    for seconds in (1.0, 5.0):
+        sampling = SamplingConfig(temperature=0, max_audio_seconds=seconds, audio_chunk=chunk)
+        firsts, totals, samples = [], [], 0
+        for attempt in range(repeats + 1):  # the first is a warm-up
+            sync(device)
+            tic, first, samples = time.perf_counter(), None, 0
+            for event in stream(run, [prompt], output="audio", sampling=sampling, check_direction=False):
+                if isinstance(event, AudioDelta):
+                    first = first if first is not None else time.perf_counter() - tic
+                    samples += len(event.samples)
+            if attempt:
+                firsts.append(first)
+                totals.append(time.perf_counter() - tic)
+        duration = samples / SAMPLE_RATE
+        total = statistics.median(totals)
+        results[f"speech_{seconds:g}s_streamed"] = {
+            "time_to_first_audio_s": statistics.median(firsts), "seconds": total, "audio_seconds": duration,
+            "real_time_factor": total / max(duration, 1e-9), "chunk_codes": chunk,
+        }  # fmt: skip
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -107,6 +135,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images / clips per tokenizer call")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each audio clip")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=10, help="codes per streamed speech chunk (the server's)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -123,6 +152,7 @@ def main() -> None:
         print(f"{name:<10} " + "  ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in row.items()))  # fmt: skip
     results["generation"] = generation(run, device, args.repeats)
+    results["generation"] |= streaming(run, device, args.repeats, args.chunk)
     for name, row in results["generation"].items():
         print(f"{name:<18} " + "  ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in row.items()))  # fmt: skip

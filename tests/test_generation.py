@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -275,3 +277,32 @@ def test_int8_weights_are_four_times_smaller_and_decode_alike(tmp_path):
         quantize_weights(full.model)
     with pytest.raises(ConfigError, match="save the run before quantizing"):
         full.save(tmp_path / "run")
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_audio_streams_in_chunks_that_make_up_the_clip(incremental):
+    from polymodal.generation import AudioDelta, PartDone
+    from polymodal.tokenizers.audio import AudioTokenizer
+
+    text = TextTokenizer.train(["say hello"] * 40, vocab_size=280)
+    speech = AudioTokenizer(audio_tok_config()) if incremental else toys.ToyAudioTokenizer()
+    codec = DocumentTokenizer.from_tokenizers([text, speech])
+    torch.manual_seed(0)
+    run = Run(Transformer(preset("debug", codec.vocab.size)).eval(), codec, ("text->audio",))
+    sampling = SamplingConfig(temperature=1.0, seed=3, max_audio_seconds=2.0, audio_chunk=5)
+    events = list(stream(run, [Document.of("say hello")], output="audio", sampling=sampling))
+    deltas = [e for e in events if isinstance(e, AudioDelta)]
+    done = [k for k, e in enumerate(events) if isinstance(e, PartDone)]
+    assert done and all(events.index(d) < done[0] for d in deltas)  # every delta comes before the clip
+    clip = events[done[0]].part
+    assert (len(deltas) > 2) == incremental  # a toy tokenizer without stream(): one delta, the whole clip
+    np.testing.assert_allclose(np.concatenate([d.samples for d in deltas]), clip.to_mono().waveform[0], atol=1e-5)
+    assert {d.sample_rate for d in deltas} == {clip.sample_rate}
+    without = list(stream(run, [Document.of("say hello")], output="audio", sampling=replace(sampling, audio_chunk=0)))
+    assert not any(isinstance(e, AudioDelta) for e in without)
+
+
+def audio_tok_config():
+    from polymodal.tokenizers import audio as audio_tok
+
+    return audio_tok.preset("debug")

@@ -31,8 +31,10 @@ from polymodal.errors import ConfigError, PolymodalError
 from polymodal.model.fusion import LateFusion, MediaInputs, late_fusion_batch
 from polymodal.model.transformer import KVCache, Transformer
 from polymodal.run import Run
+from polymodal.tokenizers.base import Timed, TokenSpan
 from polymodal.tokenizers.document import part_modality
 from polymodal.tokenizers.sequence import TokenBatch, TokenSequence, pad_batch
+from polymodal.tokenizers.spectral import SAMPLE_RATE
 from polymodal.train.losses import next_token_losses
 from polymodal.vocab import Vocabulary
 
@@ -54,12 +56,15 @@ class SamplingConfig:
     guidance_scale: float = 1.0  # classifier-free guidance for image/audio; 1: off
     grid: tuple[int, int] | None = None  # force an image grid (else the model chooses among the vocabulary's)
     stop: tuple[str, ...] = ()  # text stop strings (not included in the output)
+    audio_chunk: int = 0  # audio: with N > 0, stream() also yields the clip as it is written, every N codes
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or self.guidance_scale < 0:
             raise ConfigError("sampling: max_new_tokens >= 1, temperature >= 0 and guidance_scale >= 0 are required")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"sampling: top_p must be in (0, 1], got {self.top_p}")
+        if self.audio_chunk < 0:
+            raise ConfigError(f"sampling: audio_chunk must be >= 0, got {self.audio_chunk}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"sampling: top_k must be >= 1, got {self.top_k}")
 
@@ -84,13 +89,23 @@ class PartDone:
     part: Part
 
 
+@dataclass(frozen=True, eq=False)
+class AudioDelta:
+    """The next samples of a clip still being written (``SamplingConfig.audio_chunk``); the deltas of a
+    row put together are its finished clip (the :class:`PartDone` that follows them)."""
+
+    index: int
+    samples: Any  # float32 numpy array, mono
+    sample_rate: int
+
+
 @dataclass(frozen=True)
 class Finished:
     index: int
     generation: Generation
 
 
-Event = TextDelta | PartDone | Finished
+Event = TextDelta | AudioDelta | PartDone | Finished
 
 
 # -- the modality grammar ----------------------------------------------------------------------------
@@ -313,6 +328,12 @@ def stream(
     slot = None  # the cache slot of a decode step's token (set with each step's inputs)
     text_sent = [""] * B
     finished = [False] * B
+    audio_streams = None
+    if output == "audio" and sampling.audio_chunk:
+        audio_tokenizer = run.tokenizer.tokenizer("audio")
+        incremental = hasattr(audio_tokenizer, "stream")
+        audio_streams = [audio_tokenizer.stream() if incremental else _WholeClip(audio_tokenizer) for _ in range(B)]
+        audio_first = vocab.range("audio").start
     try:
         with torch.no_grad():
             for _ in range(budget):
@@ -349,6 +370,8 @@ def stream(
                         grammar.advance(row, token, position)
                         if output == "text":
                             yield from _text_delta(run, b, row, text_sent, sampling)
+                        if audio_streams is not None:
+                            yield from _audio_delta(audio_streams[b], b, token - audio_first, row, sampling)
                         if row.done:
                             finished[b] = True
                             yield from _finished(run, b, row, text_sent[b], sampling, len(sequences[b]))
@@ -382,6 +405,35 @@ def stream(
     for b, row in enumerate(rows):
         if not finished[b] and b not in cancelled:
             yield from _finished(run, b, row, text_sent[b], sampling, len(sequences[b]))
+
+
+def _audio_delta(stream: Any, b: int, code: int, row: _Row, sampling: SamplingConfig) -> Iterator[AudioDelta]:
+    """Feed a new audio code to the row's incremental decoder; yield its samples every ``audio_chunk``
+    codes, and what is left when the clip closes."""
+    if 0 <= code < stream.tokenizer.vocab_size:
+        stream.add(code)
+    if row.done or stream.ready >= sampling.audio_chunk:
+        samples = stream.take(final=row.done)
+        if len(samples):
+            yield AudioDelta(b, samples, stream.sample_rate)
+
+
+class _WholeClip:
+    """For an audio tokenizer without an incremental decoder (``stream()``): one delta, the whole clip,
+    when it closes."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.codes, self.ready, self.sample_rate = tokenizer, [], 0, SAMPLE_RATE
+
+    def add(self, code: int) -> None:
+        self.codes.append(code)
+
+    def take(self, *, final: bool = False) -> Any:
+        if not final or not self.codes:
+            return ()
+        audio = self.tokenizer.decode(TokenSpan("audio", torch.tensor(self.codes), Timed(self.tokenizer.tokens_per_second)))
+        self.sample_rate = audio.sample_rate
+        return audio.to_mono().waveform[0]
 
 
 def _finished(run: Run, b: int, row: _Row, sent: str, sampling: SamplingConfig, prompt_tokens: int) -> Iterator[Event]:
@@ -525,6 +577,6 @@ def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Seque
 
 
 __all__ = [
-    "DirectionNotSupportedError", "drop_conditioning", "Event", "Finished", "Generation", "Grammar", "PartDone",
+    "AudioDelta", "DirectionNotSupportedError", "drop_conditioning", "Event", "Finished", "Generation", "Grammar", "PartDone",
     "SamplingConfig", "TextDelta", "generate", "option_scores", "sample", "stream",
 ]  # fmt: skip

@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from polymodal.constrain import json_constraint
 from polymodal.content import Audio, Document, Image
 from polymodal.errors import PolymodalError
-from polymodal.generation import Finished, PartDone, SamplingConfig, TextDelta
+from polymodal.generation import AudioDelta, Finished, PartDone, SamplingConfig, TextDelta
 from polymodal.model import Transformer
 from polymodal.retrieval import embed_sequences
 from polymodal.run import Run
@@ -54,6 +54,7 @@ from polymodal.tokenizers.document import part_modality
 
 log = logging.getLogger("polymodal.serve")
 _FINISH = {"stop": "stop", "complete": "stop", "length": "length"}
+STREAM_AUDIO_CODES = 10  # streamed speech (pcm16): codes per chunk, 0.4 s at 25 codes/s
 _AUDIO_FORMATS = ("wav", "flac", "pcm16", "pcm")
 
 
@@ -571,13 +572,16 @@ def _count_tokens(server: Server, usage: _Usage) -> None:
             server.metrics.tokens.labels(kind, modality).inc(count)
 
 
+def _speech_sampling(server: Server, *, seed: int | None = None, guidance: float | None = None,
+                     audio_chunk: int = 0) -> SamplingConfig:  # fmt: skip
+    return SamplingConfig(temperature=1.0, top_k=50, seed=seed, guidance_scale=3.0 if guidance is None else guidance,
+                          max_audio_seconds=min(30.0, server.config.max_audio_seconds), audio_chunk=audio_chunk)  # fmt: skip
+
+
 async def _say(server: Server, request: Request, text: str, usage: _Usage, *, seed: int | None = None,
                guidance: float | None = None) -> Audio | None:  # fmt: skip
-    document = Document.of(text)
-    guidance = 3.0 if guidance is None else guidance
-    sampling = SamplingConfig(temperature=1.0, top_k=50, seed=seed, guidance_scale=guidance,
-                              max_audio_seconds=min(30.0, server.config.max_audio_seconds))  # fmt: skip
-    results = await server.collect(server.submit([document], "audio", sampling), request)
+    sampling = _speech_sampling(server, seed=seed, guidance=guidance)
+    results = await server.collect(server.submit([Document.of(text)], "audio", sampling), request)
     if 0 not in results:
         return None
     server.count_completion(results[0], usage)
@@ -627,14 +631,34 @@ async def _chat_chunks(server: Server, job: Job, request: Request, ident: str, c
                     pass
         finally:
             server.engine.release(job)
-        if speak and 0 in finished:
+        if speak and 0 in finished and audio_format in ("pcm16", "pcm"):
+            # Speech streamed as it is written: each chunk of codes is decoded and sent (time to first
+            # audio: the first STREAM_AUDIO_CODES codes plus the decoder's context, not the whole clip).
+            sampling = _speech_sampling(server, audio_chunk=STREAM_AUDIO_CODES)
+            speech = server.submit([Document.of(texts[0] or " ")], "audio", sampling)
+            audio_id, first = f"audio_{uuid_lib.uuid4().hex}", True
+            try:
+                while (item := await speech.next_event()) is not None:
+                    if isinstance(item, BaseException):
+                        raise _generation_error(item)
+                    _, event = item
+                    if isinstance(event, AudioDelta):
+                        pcm = (np.clip(event.samples, -1, 1) * 32767).astype("<i2").tobytes()
+                        delta = {"id": audio_id, "data": base64.b64encode(pcm).decode()}
+                        if first:
+                            delta.update(transcript=texts[0], expires_at=int(time.time()) + 3600)
+                            first = False
+                        yield chunk([{"index": 0, "delta": {"audio": delta}, "finish_reason": None}])
+                    elif isinstance(event, Finished):
+                        server.count_completion(event.generation, usage)
+            finally:
+                server.engine.release(speech)
+            reason = _FINISH.get(finished[0].finish_reason, "stop")
+            yield chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
+        elif speak and 0 in finished:
             audio = await _say(server, request, texts[0] or " ", usage)
-            if audio is not None:
-                pcm = (
-                    _audio_bytes(audio, "pcm16")
-                    if audio_format in ("pcm16", "pcm")
-                    else _audio_bytes(audio, audio_format)
-                )
+            if audio is not None:  # a file format cannot be cut as it is written: the whole file, in pieces
+                pcm = _audio_bytes(audio, audio_format)
                 audio_id = f"audio_{uuid_lib.uuid4().hex}"
                 step = 48_000  # bytes of audio per chunk
                 for k in range(0, max(len(pcm), 1), step):

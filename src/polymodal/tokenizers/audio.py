@@ -205,6 +205,18 @@ class AudioTokenizer(NeuralTokenizer):
         wave = self.model.decode(span.ids.reshape(1, -1).to(self.device))[0].cpu()
         return Audio(wave.clamp(-1, 1).numpy(), SAMPLE_RATE)
 
+    def stream(self, context: int | None = None) -> AudioStream:
+        """An incremental decoder: codes go in as they are generated, samples come out in chunks."""
+        return AudioStream(self, context)
+
+    def decoder_context(self) -> int:
+        """How many codes on each side can change a code's samples: the decoder's receptive field (its
+        convolutions at the code rate, then at the frame rate, then the inverse STFT's window)."""
+        c = self.config
+        at_codes = 1 + 3 * c.blocks + (1 if c.stride > 1 else 0)  # a k=3 conv, k=7 blocks, the upsampler
+        at_frames = 3 * c.blocks + c.head_n_fft // (2 * c.hop) + 1  # k=7 blocks, the STFT window's half
+        return at_codes + -(-at_frames // c.stride)
+
     # -- training ---------------------------------------------------------------------------------
 
     @classmethod
@@ -246,6 +258,42 @@ class AudioTokenizer(NeuralTokenizer):
 
     def held_out_figures(self, clips: Sequence[Audio]) -> dict[str, float]:
         return evaluate_mel_distance(self, clips)
+
+
+class AudioStream:
+    """Decodes a growing list of codes a chunk at a time. :meth:`take` returns the samples of every
+    code that has ``context`` codes after it (the decoder's receptive field), decoded over a window with
+    ``context`` codes of history, so the chunks put together are the whole clip's decode (to float
+    rounding); :meth:`take` with ``final`` returns the rest once the clip has ended."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, tokenizer: AudioTokenizer, context: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.context = tokenizer.decoder_context() if context is None else context
+        self.codes: list[int] = []
+        self.sent = 0  # codes whose samples were returned
+
+    def add(self, code: int) -> None:
+        self.codes.append(int(code))
+
+    @property
+    def ready(self) -> int:
+        """Codes whose samples :meth:`take` would return now."""
+        return max(0, len(self.codes) - self.context - self.sent)
+
+    @torch.no_grad()
+    def take(self, *, final: bool = False) -> np.ndarray:
+        end = len(self.codes) if final else len(self.codes) - self.context
+        if end <= self.sent:
+            return np.zeros(0, np.float32)
+        start = max(0, self.sent - self.context)
+        codes = torch.tensor(self.codes[start:], device=self.tokenizer.device).view(1, -1)
+        wave = self.tokenizer.model.decode(codes)[0].clamp(-1, 1).cpu().numpy()
+        step = self.tokenizer.config.samples_per_token
+        chunk = wave[(self.sent - start) * step : (end - start) * step]
+        self.sent = end
+        return chunk
 
 
 def evaluate_mel_distance(tokenizer: AudioTokenizer, clips: Sequence[Audio]) -> dict[str, float]:
@@ -298,6 +346,7 @@ def _waves(tokenizer: AudioTokenizer, clips: Iterable[Audio], rng: np.random.Gen
 
 
 __all__ = [
+    "AudioStream",
     "AudioTokenizer",
     "AudioTokenizerConfig",
     "base",
