@@ -431,7 +431,8 @@ class _WholeClip:
     def take(self, *, final: bool = False) -> Any:
         if not final or not self.codes:
             return ()
-        audio = self.tokenizer.decode(TokenSpan("audio", torch.tensor(self.codes), Timed(self.tokenizer.tokens_per_second)))
+        span = TokenSpan("audio", torch.tensor(self.codes), Timed(self.tokenizer.tokens_per_second))
+        audio = self.tokenizer.decode(span)
         self.sample_rate = audio.sample_rate
         return audio.to_mono().waveform[0]
 
@@ -577,6 +578,6 @@ def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Seque
 
 
 __all__ = [
-    "AudioDelta", "DirectionNotSupportedError", "drop_conditioning", "Event", "Finished", "Generation", "Grammar", "PartDone",
-    "SamplingConfig", "TextDelta", "generate", "option_scores", "sample", "stream",
+    "AudioDelta", "DirectionNotSupportedError", "drop_conditioning", "Event", "Finished", "Generation", "Grammar",
+    "PartDone", "SamplingConfig", "TextDelta", "generate", "option_scores", "sample", "stream",
 ]  # fmt: skip

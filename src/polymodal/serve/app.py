@@ -574,8 +574,10 @@ def _count_tokens(server: Server, usage: _Usage) -> None:
 
 def _speech_sampling(server: Server, *, seed: int | None = None, guidance: float | None = None,
                      audio_chunk: int = 0) -> SamplingConfig:  # fmt: skip
-    return SamplingConfig(temperature=1.0, top_k=50, seed=seed, guidance_scale=3.0 if guidance is None else guidance,
-                          max_audio_seconds=min(30.0, server.config.max_audio_seconds), audio_chunk=audio_chunk)  # fmt: skip
+    guidance = 3.0 if guidance is None else guidance
+    seconds = min(30.0, server.config.max_audio_seconds)
+    return SamplingConfig(temperature=1.0, top_k=50, seed=seed, guidance_scale=guidance, max_audio_seconds=seconds,
+                          audio_chunk=audio_chunk)  # fmt: skip
 
 
 async def _say(server: Server, request: Request, text: str, usage: _Usage, *, seed: int | None = None,
