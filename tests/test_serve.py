@@ -57,8 +57,8 @@ def tiny_run(directions: tuple[str, ...] = DIRECTIONS) -> Run:
 class Served:
     """A uvicorn server on a free local port, in a thread, for the length of a test module."""
 
-    def __init__(self, run: Run, config: ServeConfig) -> None:
-        self.app = create_app(run, config)
+    def __init__(self, run: Run, config: ServeConfig, *, ui: bool = False) -> None:
+        self.app = create_app(run, config, ui=ui)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]

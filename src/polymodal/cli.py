@@ -444,8 +444,29 @@ def serve(
     quantize: Annotated[
         str | None, typer.Option(help="int8: weight-only int8 linear layers (pip install 'polymodal[quantize]').")
     ] = None,
+    ui: Annotated[bool, typer.Option(help="Also serve the chat UI at /ui (pip install 'polymodal[ui]').")] = False,
 ) -> None:
     """Serve a run behind an OpenAI-compatible API (needs the serve extra: pip install 'polymodal\\[serve]')."""
+    _serve(run_dir, host, port, model_name, api_key, config, device, dtype, compile, quantize, ui)
+
+
+@app.command("ui")
+def ui_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or a training folder: its latest run).")],
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 7860,
+    model_name: Annotated[str | None, typer.Option(help="The name shown (default: the run folder's name).")] = None,
+    config: Annotated[Path | None, typer.Option(help="A JSON file of ServeConfig fields (limits ...).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+) -> None:
+    """Chat with a run in the browser (text, pictures, audio, video, the microphone; drawings and speech
+    back), at http://HOST:PORT/ui, with the OpenAI-compatible API beside it at /v1."""
+    _serve(run_dir, host, port, model_name, None, config, device, "float32", False, None, True)
+
+
+def _serve(run_dir: Path, host: str, port: int, model_name: str | None, api_key: list[str] | None,
+           config: Path | None, device: str, dtype: str, compile: bool, quantize: str | None,
+           ui: bool) -> None:  # fmt: skip
     try:
         import uvicorn
 
@@ -473,9 +494,15 @@ def serve(
             quantize_weights(loaded.model, quantize)
     except (PolymodalError, OSError, json.JSONDecodeError, RuntimeError) as exc:
         _fail(exc)
+    try:
+        application = create_app(loaded, settings, ui=ui)
+    except PolymodalError as exc:
+        _fail(exc)
     typer.echo(f"serving {run_dir} as {settings.model_name!r} on http://{settings.host}:{settings.port}/v1 "
                f"({', '.join(loaded.directions)})", err=True)  # fmt: skip
-    uvicorn.run(create_app(loaded, settings), host=settings.host, port=settings.port, log_level="info")
+    if ui:
+        typer.echo(f"chat UI: http://{settings.host}:{settings.port}/ui", err=True)
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
 
 
 index_app = typer.Typer(help="Cross-modal retrieval: embed a folder, search it by text or media.", no_args_is_help=True)

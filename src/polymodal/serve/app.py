@@ -299,7 +299,8 @@ def _image_bytes(image: Image, fmt: str) -> bytes:
 # -- the application ------------------------------------------------------------------------------
 
 
-def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
+def create_app(run: Run, config: ServeConfig | None = None, *, ui: bool = False) -> FastAPI:
+    """The API's FastAPI application; with ``ui``, the chat UI mounted at ``/ui`` (the ``ui`` extra)."""
     config = config or ServeConfig()
     server = Server(run, config)
 
@@ -552,6 +553,10 @@ def create_app(run: Run, config: ServeConfig | None = None) -> FastAPI:
         return {"object": "list", "data": data, "model": config.model_name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
+    if ui:
+        from polymodal.serve.ui import mount_ui
+
+        app = mount_ui(app, server)
     return app
 
 
