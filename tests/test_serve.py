@@ -57,8 +57,8 @@ def tiny_run(directions: tuple[str, ...] = DIRECTIONS) -> Run:
 class Served:
     """A uvicorn server on a free local port, in a thread, for the length of a test module."""
 
-    def __init__(self, run: Run, config: ServeConfig, *, ui: bool = False) -> None:
-        self.app = create_app(run, config, ui=ui)
+    def __init__(self, run: Run, config: ServeConfig, *, ui: bool = False, large: Run | None = None) -> None:
+        self.app = create_app(run, config, ui=ui, large=large)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -578,3 +578,62 @@ def test_the_cost_of_a_request_is_known_before_it_runs(served, run, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**body, "messages": [{"role": "user", "content": [{"type": "x"}]}]}))
     result = CliRunner().invoke(app, ["tokenize", "--request", str(tmp_path / "bad.json")])
     assert result.exit_code != 0 and "unknown content part type 'x'" in result.output
+
+
+def test_cascade_routes_by_inputs_and_by_the_small_runs_confidence(run):
+    from polymodal.errors import ConfigError
+    from polymodal.serve.router import CascadePolicy, cascade_curve
+
+    large = tiny_run()
+    torch.manual_seed(1)
+    large.model.load_state_dict(Transformer(preset("debug", large.tokenizer.vocab.size)).state_dict())
+    greedy = SamplingConfig(temperature=0, max_new_tokens=8)
+
+    def said(r: Run) -> tuple[str, float]:
+        [g] = generate(r, [Document.chat(("user", ["say hello"]))], sampling=greedy)
+        return g.part.text, g.mean_logprob
+
+    (small_text, small_logprob), (large_text, _) = said(run), said(large)
+    assert small_text != large_text and small_logprob < 0
+    cases = ((small_logprob - 0.01, small_text, "small"), (small_logprob + 0.01, large_text, "large"))
+    for threshold, expected, who in cases:
+        config = ServeConfig(model_name="tiny", cascade_threshold=threshold, cascade_large_for=("audio",))
+        s = Served(run, config, large=large)
+        try:
+            reply = ask(s, "say hello", temperature=0, max_tokens=8)
+            assert reply.choices[0].message.content == expected and reply.model_extra["served_by"] == who
+            streamed = s.client.chat.completions.with_raw_response.create(
+                model="tiny", messages=[{"role": "user", "content": "say hello"}], temperature=0, max_tokens=8,
+                stream=True,
+            )  # fmt: skip
+            assert streamed.headers["x-polymodal-served-by"] == who
+            text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+            assert text == expected
+            # a modality the policy sends straight to the large run, however sure the small one is
+            wav = base64.b64encode(wav_bytes(0.4)).decode()
+            heard = ask(s, [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+                            {"type": "text", "text": "what is this?"}], temperature=0, max_tokens=8)  # fmt: skip
+            assert heard.model_extra["served_by"] == "large"
+            metrics = raw(s, "GET", "/metrics")[2].decode()
+            reason = "confident" if who == "small" else "low confidence"
+            assert f'polymodal_cascade_requests_total{{reason="{reason}",served_by="{who}"}} 2.0' in metrics
+            assert 'polymodal_cascade_requests_total{reason="audio input",served_by="large"} 1.0' in metrics
+        finally:
+            s.stop()
+    # the offline rule: cheap questions stay small, unsure ones pay for the large run too
+    rows = [
+        {"small_correct": 1, "small_logprob": -0.1, "small_tokens": 10, "large_correct": 1, "large_tokens": 10},
+        {"small_correct": 0, "small_logprob": -2.0, "small_tokens": 10, "large_correct": 1, "large_tokens": 10},
+    ]
+    curve = cascade_curve(rows, small_parameters=1, large_parameters=10, thresholds=[-1.0])
+    assert curve["always_small"] == {"accuracy": 0.5, "compute": 20}
+    assert curve["always_large"] == {"accuracy": 1.0, "compute": 200}
+    assert curve["cascade"][0] | {} == {
+        "threshold": -1.0,
+        "accuracy": 1.0,
+        "escalated": 0.5,
+        "compute": 120,
+        "compute_vs_large": 0.6,
+    }
+    with pytest.raises(ConfigError, match="large_for"):
+        CascadePolicy(large_for=("smell",))

@@ -445,9 +445,18 @@ def serve(
         str | None, typer.Option(help="int8: weight-only int8 linear layers (pip install 'polymodal[quantize]').")
     ] = None,
     ui: Annotated[bool, typer.Option(help="Also serve the chat UI at /ui (pip install 'polymodal[ui]').")] = False,
+    large: Annotated[
+        Path | None,
+        typer.Option(help="Cascade: a larger run that answers chat requests the small one (RUN_DIR) is unsure of."),
+    ] = None,
+    cascade_threshold: Annotated[
+        float | None,
+        typer.Option(help="Cascade: the small run's mean token log-probability below which LARGE answers (-0.5)."),
+    ] = None,
 ) -> None:
     """Serve a run behind an OpenAI-compatible API (needs the serve extra: pip install 'polymodal\\[serve]')."""
-    _serve(run_dir, host, port, model_name, api_key, config, device, dtype, compile, quantize, ui)
+    _serve(run_dir, host, port, model_name, api_key, config, device, dtype, compile, quantize, ui, large,
+           cascade_threshold)  # fmt: skip
 
 
 @app.command("ui")
@@ -466,7 +475,7 @@ def ui_command(
 
 def _serve(run_dir: Path, host: str, port: int, model_name: str | None, api_key: list[str] | None,
            config: Path | None, device: str, dtype: str, compile: bool, quantize: str | None,
-           ui: bool) -> None:  # fmt: skip
+           ui: bool, large: Path | None = None, cascade_threshold: float | None = None) -> None:  # fmt: skip
     try:
         import uvicorn
 
@@ -481,6 +490,8 @@ def _serve(run_dir: Path, host: str, port: int, model_name: str | None, api_key:
         fields["model_name"] = model_name or fields.get("model_name") or run_dir.resolve().name
         if api_key:
             fields["api_keys"] = list(api_key)
+        if cascade_threshold is not None:
+            fields["cascade_threshold"] = cascade_threshold
         settings = ServeConfig.from_dict(fields)
         if dtype not in ("float32", "bfloat16", "float16"):
             raise PolymodalError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
@@ -488,20 +499,28 @@ def _serve(run_dir: Path, host: str, port: int, model_name: str | None, api_key:
         import torch
 
         loaded.model.to(getattr(torch, dtype))
+        larger = Run.load(large, device=device) if large is not None else None
+        if larger is not None:
+            larger.model.to(getattr(torch, dtype))
         if quantize:
             from polymodal.quantize import quantize_weights
 
-            quantize_weights(loaded.model, quantize)
+            for each in (loaded, larger):
+                if each is not None:
+                    quantize_weights(each.model, quantize)
     except (PolymodalError, OSError, json.JSONDecodeError, RuntimeError) as exc:
         _fail(exc)
     try:
-        application = create_app(loaded, settings, ui=ui)
+        application = create_app(loaded, settings, ui=ui, large=larger)
     except PolymodalError as exc:
         _fail(exc)
     typer.echo(f"serving {run_dir} as {settings.model_name!r} on http://{settings.host}:{settings.port}/v1 "
                f"({', '.join(loaded.directions)})", err=True)  # fmt: skip
     if ui:
         typer.echo(f"chat UI: http://{settings.host}:{settings.port}/ui", err=True)
+    if larger is not None:
+        typer.echo(f"cascade: {large} answers when {run_dir} is less sure than a mean token log-probability of "
+                   f"{settings.cascade_threshold}", err=True)  # fmt: skip
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
 
 

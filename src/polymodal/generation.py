@@ -75,6 +75,9 @@ class Generation:
     ids: list[int]  # the generated ids, delimiters included
     finish_reason: str  # "stop", "length" or "complete" (a media span closed)
     prompt_tokens: int = 0
+    # The mean log-probability of the chosen tokens under the model's distribution (temperature 1, what
+    # the output grammar allows): how sure the model was of what it wrote (a cascade's confidence).
+    mean_logprob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class _Row:
     codes: int = 0
     done: bool = False
     finish_reason: str = "length"
+    logprob: float = 0.0  # sum over the chosen tokens
 
 
 class Grammar:
@@ -359,7 +363,9 @@ def stream(
                         allowed[b] &= keep
                         if not allowed[b].any():  # nothing the model may write fits: end the turn
                             allowed[b, vocab.special_id(V.END_OF_TURN)] = True
-                tokens = sample(logits.masked_fill(~allowed, float("-inf")), sampling, generator)
+                allowed_logits = logits.masked_fill(~allowed, float("-inf"))
+                tokens = sample(allowed_logits, sampling, generator)
+                chosen = torch.log_softmax(allowed_logits, -1).gather(1, tokens[:, None])[:, 0].tolist()
                 new_pos = []
                 for b, row in enumerate(rows):
                     if not row.done and b in cancelled:
@@ -367,6 +373,7 @@ def stream(
                     token = int(tokens[b]) if not row.done else vocab.pad_id
                     position = grammar.position(row, token) if not row.done else [row.index] * 3
                     if not row.done:
+                        row.logprob += chosen[b]
                         grammar.advance(row, token, position)
                         if output == "text":
                             yield from _text_delta(run, b, row, text_sent, sampling)
@@ -522,11 +529,15 @@ def _text_delta(run: Run, b: int, row: _Row, sent: list[str], sampling: Sampling
 def _finish(run: Run, row: _Row, sent: str, sampling: SamplingConfig, prompt_tokens: int) -> Generation:
     if row.output == "text":
         text, _ = _visible_text(run, row, sampling)
-        return Generation(Text(text), row.ids, row.finish_reason, prompt_tokens)
+        return Generation(Text(text), row.ids, row.finish_reason, prompt_tokens, _mean_logprob(row))
     if not row.done:
         raise PolymodalError(f"the {row.output} did not finish within its token budget")
     part = run.tokenizer.decode(row.ids).parts[0]
-    return Generation(part, row.ids, row.finish_reason, prompt_tokens)
+    return Generation(part, row.ids, row.finish_reason, prompt_tokens, _mean_logprob(row))
+
+
+def _mean_logprob(row: _Row) -> float:
+    return row.logprob / max(1, len(row.ids))
 
 
 def generate(

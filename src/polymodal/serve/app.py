@@ -50,6 +50,7 @@ from polymodal.serve.config import ServeConfig
 from polymodal.serve.errors import APIError, from_polymodal
 from polymodal.serve.media import decode_media
 from polymodal.serve.requests import RequestReader, tokens_by_modality
+from polymodal.serve.router import CascadePolicy, ReplayJob
 from polymodal.tokenizers.document import part_modality
 
 log = logging.getLogger("polymodal.serve")
@@ -86,6 +87,8 @@ class Metrics:
         self.queue = Gauge("polymodal_queue_depth", "Requests waiting or running", registry=r)
         self.batch = Histogram("polymodal_batch_rows", "Rows decoded together", registry=r,
                                buckets=(1, 2, 4, 8, 16, 32, 64))  # fmt: skip
+        self.cascade = Counter("polymodal_cascade_requests", "Chat requests by the run that answered them, and why",
+                               ["served_by", "reason"], registry=r)  # fmt: skip
 
 
 # -- request state ----------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ class _Usage:
 class Server:
     """The state behind the routes: the run, its engine, the media cache and the metrics."""
 
-    def __init__(self, run: Run, config: ServeConfig) -> None:
+    def __init__(self, run: Run, config: ServeConfig, large: Run | None = None) -> None:
         self.run, self.config = run, config
         self.cache = MediaCache(config.media_cache_items)
         self.metrics = Metrics(self.cache)
@@ -143,6 +146,13 @@ class Server:
         self.reader = RequestReader(config, self.cache, self.unavailable)
         self.document = self.reader.document
         self.check_available = self.reader.check_available
+        # cascade routing: a large run answers what the small one (this run) should not
+        self.large_run, self.large, self.policy = large, None, None
+        if large is not None:
+            self.large = Engine(large, config, on_batch=self.metrics.batch.observe)
+            c = config
+            self.policy = CascadePolicy(c.cascade_threshold, c.cascade_large_for, c.cascade_max_small_prompt_tokens,
+                                        c.cascade_high_detail_to_large)  # fmt: skip
 
     # -- reading requests
 
@@ -216,8 +226,53 @@ class Server:
                 if isinstance(event, Finished):
                     results[row] = event.generation
         finally:
-            self.engine.release(job)
+            self.release(job)
             self.metrics.queue.set(self.engine.depth)
+
+    def release(self, job: Any) -> None:
+        """The handler is done with ``job``: free its slot in the engine that ran it."""
+        engine = getattr(job, "engine", None)
+        if engine is not None:
+            engine.release(job)
+
+    async def route(self, document: Document, n: int, sampling: SamplingConfig, constraint: Any, prompt_tokens: int,
+                    inputs: set[str], request: Request) -> tuple[Any, str]:  # fmt: skip
+        """The job that answers a chat request, and which run it is (``small`` or ``large``; ``single``
+        without a cascade). The small run's answer is decoded to the end before it is judged, so a
+        streamed reply from it arrives at once; a large one streams as it is written."""
+        if self.large is None:
+            return self.submit([document] * n, "text", sampling, constraint), "single"
+        reason = self.policy.by_inputs(document, prompt_tokens)
+        if not self.large_run.supports(inputs, "text"):
+            reason = None  # the large run cannot answer these inputs: the small one must
+        if reason is None:
+            events = await self._gather(self.submit([document] * n, "text", sampling, constraint), request)
+            finished = [event.generation for _, event in events if isinstance(event, Finished)]
+            if len(finished) < n or self.policy.confident(finished) or not self.large_run.supports(inputs, "text"):
+                self.metrics.cascade.labels("small", "confident" if len(finished) == n else "cancelled").inc()
+                return ReplayJob(events), "small"
+            reason = "low confidence"
+        self.metrics.cascade.labels("large", reason).inc()
+        return self.large.submit([document] * n, "text", sampling, constraint), "large"
+
+    async def _gather(self, job: Job, request: Request) -> list:
+        """Every event of ``job`` until it ends (the client leaving cancels it), raising its errors."""
+        events: list = []
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(job.next_event(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return events
+                    continue
+                if item is None:
+                    return events
+                if isinstance(item, BaseException):
+                    raise _generation_error(item)
+                events.append(item)
+        finally:
+            self.release(job)
 
     def submit(self, prompts: list[Document], output: str, sampling: SamplingConfig, constraint: Any = None) -> Job:
         job = self.engine.submit(prompts, output, sampling, constraint)
@@ -299,15 +354,18 @@ def _image_bytes(image: Image, fmt: str) -> bytes:
 # -- the application ------------------------------------------------------------------------------
 
 
-def create_app(run: Run, config: ServeConfig | None = None, *, ui: bool = False) -> FastAPI:
-    """The API's FastAPI application; with ``ui``, the chat UI mounted at ``/ui`` (the ``ui`` extra)."""
+def create_app(run: Run, config: ServeConfig | None = None, *, ui: bool = False, large: Run | None = None) -> FastAPI:
+    """The API's FastAPI application; with ``ui``, the chat UI mounted at ``/ui`` (the ``ui`` extra); with
+    ``large``, chat requests are routed between ``run`` (small) and ``large`` (:mod:`polymodal.serve.router`)."""
     config = config or ServeConfig()
-    server = Server(run, config)
+    server = Server(run, config, large)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await asyncio.to_thread(server.engine.close)  # the batch in flight finishes; nothing new starts
+        if server.large is not None:
+            await asyncio.to_thread(server.large.close)
 
     app = FastAPI(title="polymodal", version="1", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = server
@@ -409,14 +467,17 @@ def create_app(run: Run, config: ServeConfig | None = None, *, ui: bool = False)
                                 f"model's context is {server.context} tokens (prompt limit {limit})",
                            param="messages", code="context_length_exceeded")  # fmt: skip
         sampling = _sampling(req, max_new_tokens=max_new, config=config)
-        job = server.submit([document] * req.n, "text", sampling, constraint)
+        job, served_by = await server.route(document, req.n, sampling, constraint, prompt_tokens, inputs, request)
+        routed = {} if served_by == "single" else {"served_by": served_by}
         ident, created = f"chatcmpl-{uuid_lib.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = _chat_chunks(server, job, request, ident, created, usage, speak, audio_format, include_usage,
                                   req.n)  # fmt: skip
-            return StreamingResponse(chunks, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            if routed:
+                headers["X-Polymodal-Served-By"] = served_by
+            return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
         results = await server.collect(job, request)
         choices = []
         for index in range(req.n):
@@ -431,7 +492,8 @@ def create_app(run: Run, config: ServeConfig | None = None, *, ui: bool = False)
                             "finish_reason": _FINISH.get(generation.finish_reason, "stop")})  # fmt: skip
         _count_tokens(server, usage)
         return JSONResponse({"id": ident, "object": "chat.completion", "created": created, "model": config.model_name,
-                             "choices": choices, "usage": usage.body()})  # fmt: skip
+                             "choices": choices, "usage": usage.body(), **routed},
+                            headers={"X-Polymodal-Served-By": served_by} if routed else None)  # fmt: skip
 
     @app.post("/v1/images/generations")
     async def images(request: Request) -> dict:
@@ -637,7 +699,7 @@ async def _chat_chunks(server: Server, job: Job, request: Request, ident: str, c
                 elif isinstance(event, PartDone):
                     pass
         finally:
-            server.engine.release(job)
+            server.release(job)
         if speak and 0 in finished and audio_format in ("pcm16", "pcm"):
             # Speech streamed as it is written: each chunk of codes is decoded and sent (time to first
             # audio: the first STREAM_AUDIO_CODES codes plus the decoder's context, not the whole clip).
@@ -659,7 +721,7 @@ async def _chat_chunks(server: Server, job: Job, request: Request, ident: str, c
                     elif isinstance(event, Finished):
                         server.count_completion(event.generation, usage)
             finally:
-                server.engine.release(speech)
+                server.release(speech)
             reason = _FINISH.get(finished[0].finish_reason, "stop")
             yield chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
         elif speak and 0 in finished:

@@ -91,6 +91,7 @@ class Engine:
                                code="queue_full", retry_after=self.config.retry_after_s)  # fmt: skip
             self._admitted += 1
         job = Job(prompts, output, sampling, asyncio.get_running_loop(), constraint=constraint)
+        job.engine = self
         self._pending.put(job)
         return job
 

@@ -46,6 +46,11 @@ class ServeConfig:
     retry_after_s: int = 1
     media_cache_items: int = 512  # encoded media spans kept, keyed by content hash and settings
     compile: bool = False  # torch.compile the decode step (worth it on a GPU)
+    # cascade routing (polymodal serve SMALL --large LARGE): see polymodal.serve.router
+    cascade_threshold: float = -0.5  # the small run's mean token log-probability below which the large answers
+    cascade_large_for: tuple[str, ...] = ()  # input modalities sent straight to the large run
+    cascade_max_small_prompt_tokens: int | None = None  # longer prompts go straight to the large run
+    cascade_high_detail_to_large: bool = True  # pictures asked with detail "high" go to the large run
 
     def __post_init__(self) -> None:
         positive = ("max_request_bytes", "max_image_pixels", "max_video_frames", "max_completion_tokens", "max_n",

@@ -192,7 +192,7 @@ async def _events(server: Any, document: Document, kind: str, sampling: Sampling
             if isinstance(event, Finished):
                 break
     finally:
-        server.engine.release(job)
+        server.release(job)
 
 
 def _save(part: Any, folder: Path) -> str:
