@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from common import machine_name
 
-from polymodal.data.readers import read_shards
+from polymodal.data.shapes import read_shards
 from polymodal.generation import SamplingConfig, generate
 from polymodal.run import Run
 from polymodal.serve.router import cascade_curve
