@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import http.client
 import http.server
@@ -270,6 +271,9 @@ def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, ru
     probes = ImageProbes.train(ProbeSettings(size=32, examples=100, steps=5))
     judge = SpeechJudge.build(tmp_path / "judge", judge_sentences(50))
     local = evaluate(run, tmp_path / "suite", batch_size=8, probes=probes, judge=judge)
+    # unmarked media, so that the server's pictures and clips can be compared byte for byte
+    server = served.app.state.server
+    marking, server.config = server.config, dataclasses.replace(server.config, watermark=False)
     remote = evaluate_endpoint(served.url + "/v1", "tiny", tmp_path / "suite", concurrency=4, probes=probes,
                                judge=judge)  # fmt: skip
     assert [t.name for t in remote.tasks] == ["colours", "text-to-image", "heard", "text-to-speech"]
@@ -278,6 +282,7 @@ def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, ru
     assert remote.media == local.media and len(remote.media) == 3 + 2  # the same seeded pictures and clips
     assert [t.to_dict() for t in remote.tasks] == [t.to_dict() for t in local.tasks]
     assert "refused" in remote.skipped["clips"] and "video" in remote.skipped["clips"]
+    server.config = marking
     usage = remote.settings["usage"]
     assert usage["requests"] >= len(remote.answers) and usage["completion_tokens"] > 0  # + the clip's text-only asks
     assert remote.settings["endpoint"] == served.url + "/v1" and remote.model == "tiny"
@@ -637,3 +642,31 @@ def test_cascade_routes_by_inputs_and_by_the_small_runs_confidence(run):
     }
     with pytest.raises(ConfigError, match="large_for"):
         CascadePolicy(large_for=("smell",))
+
+
+def test_generated_pictures_and_speech_carry_the_servers_watermark():
+    from polymodal import watermark
+    from polymodal.tokenizers.presets import default_vocabulary_dir
+
+    codec = DocumentTokenizer.load(default_vocabulary_dir())  # real tokenizers: 64 px pictures, real speech
+    torch.manual_seed(0)
+    real = Run(
+        Transformer(preset("debug", codec.vocab.size)).eval(), codec, ("text->text", "text->image", "text->audio")
+    )
+    got = {}
+    for marked in (True, False):
+        s = Served(real, ServeConfig(model_name="tiny", watermark=marked, watermark_key="our key"))
+        try:
+            drawn = s.client.images.generate(model="tiny", prompt="draw a red circle", extra_body={"seed": 1})
+            picture = Image(PILImage.open(io.BytesIO(base64.b64decode(drawn.data[0].b64_json))).convert("RGB"))
+            said = s.client.audio.speech.create(model="tiny", voice="alloy", input="say hello", response_format="wav",
+                                                extra_body={"seed": 1})  # fmt: skip
+            got[marked] = picture, Audio.from_bytes(said.content)
+        finally:
+            s.stop()
+    (picture, clip), (plain_picture, plain_clip) = got[True], got[False]
+    # the same seeded drawing, marked with the server's key on its way out
+    assert np.array_equal(np.asarray(picture.pixels), np.asarray(watermark.mark_image(plain_picture, "our key").pixels))
+    assert watermark.image_score(picture, "our key") > watermark.image_score(plain_picture, "our key")
+    assert watermark.audio_score(clip, "our key") > watermark.THRESHOLD > watermark.audio_score(plain_clip, "our key")
+    assert watermark.audio_score(clip, "another key") < watermark.THRESHOLD

@@ -21,6 +21,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from polymodal import watermark  # noqa: E402
 from polymodal.content import Document, Image  # noqa: E402
 from polymodal.generation import SamplingConfig, generate  # noqa: E402
 from polymodal.serve import ServeConfig  # noqa: E402
@@ -124,7 +125,8 @@ def test_ask_for_a_picture_and_see_it(page, run, served, tmp_path):
         shown = np.asarray(PILImage.open(io.BytesIO(reply.read())).convert("RGB"))
     sampling = SamplingConfig(temperature=0, max_new_tokens=MAX_TOKENS, guidance_scale=3.0)
     [expected] = generate(run, [Document.chat(("user", ["draw a red circle"]))], output="image", sampling=sampling)
-    assert np.array_equal(shown, np.asarray(expected.part.pixels))  # the picture the model drew, as drawn
+    marked = watermark.mark_image(expected.part, served.app.state.server.config.watermark_key)
+    assert np.array_equal(shown, np.asarray(marked.pixels))  # the picture the model drew, with the server's mark
     assert screenshot(page, tmp_path, "ui_draw.png").stat().st_size > 0
 
 

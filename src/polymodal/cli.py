@@ -9,6 +9,7 @@ and ``sample`` (write the sample document).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -453,10 +454,16 @@ def serve(
         float | None,
         typer.Option(help="Cascade: the small run's mean token log-probability below which LARGE answers (-0.5)."),
     ] = None,
+    watermark: Annotated[
+        bool, typer.Option(help="Mark every generated image and clip (polymodal watermark detect).")
+    ] = True,
+    watermark_key: Annotated[
+        str | None, typer.Option(envvar="POLYMODAL_WATERMARK_KEY", help="The marks' secret key (set your own).")
+    ] = None,
 ) -> None:
     """Serve a run behind an OpenAI-compatible API (needs the serve extra: pip install 'polymodal\\[serve]')."""
     _serve(run_dir, host, port, model_name, api_key, config, device, dtype, compile, quantize, ui, large,
-           cascade_threshold)  # fmt: skip
+           cascade_threshold, watermark, watermark_key)  # fmt: skip
 
 
 @app.command("ui")
@@ -475,7 +482,8 @@ def ui_command(
 
 def _serve(run_dir: Path, host: str, port: int, model_name: str | None, api_key: list[str] | None,
            config: Path | None, device: str, dtype: str, compile: bool, quantize: str | None,
-           ui: bool, large: Path | None = None, cascade_threshold: float | None = None) -> None:  # fmt: skip
+           ui: bool, large: Path | None = None, cascade_threshold: float | None = None, watermark: bool = True,
+           watermark_key: str | None = None) -> None:  # fmt: skip
     try:
         import uvicorn
 
@@ -492,6 +500,11 @@ def _serve(run_dir: Path, host: str, port: int, model_name: str | None, api_key:
             fields["api_keys"] = list(api_key)
         if cascade_threshold is not None:
             fields["cascade_threshold"] = cascade_threshold
+        if not watermark:
+            fields["watermark"] = False
+        watermark_key = watermark_key or os.environ.get("POLYMODAL_WATERMARK_KEY")
+        if watermark_key:
+            fields["watermark_key"] = watermark_key
         settings = ServeConfig.from_dict(fields)
         if dtype not in ("float32", "bfloat16", "float16"):
             raise PolymodalError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
@@ -522,6 +535,42 @@ def _serve(run_dir: Path, host: str, port: int, model_name: str | None, api_key:
         typer.echo(f"cascade: {large} answers when {run_dir} is less sure than a mean token log-probability of "
                    f"{settings.cascade_threshold}", err=True)  # fmt: skip
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+
+
+watermark_app = typer.Typer(help="The invisible marks on generated images and audio.", no_args_is_help=True)
+app.add_typer(watermark_app, name="watermark")
+
+
+@watermark_app.command("detect")
+def watermark_detect(
+    files: Annotated[list[Path], typer.Argument(help="Images (PNG, JPEG, WebP) or audio (WAV, FLAC, Ogg, MP3).")],
+    key: Annotated[str, typer.Option(help="The key the server marked with (its watermark_key).")] = "polymodal",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+) -> None:
+    """Say whether each file carries the mark of KEY, with its score (a z-score: marked above 5)."""
+    from polymodal import watermark
+    from polymodal.content import Audio, Image
+    from polymodal.tokenizers.recipes import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+
+    for path in files:
+        try:
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
+                part = Image.open(path)
+            elif suffix in AUDIO_SUFFIXES:
+                part = Audio.open(path)
+            else:
+                raise PolymodalError(f"not an image or audio file ({suffix or 'no suffix'})")
+            score = watermark.score(part, key)
+        except (PolymodalError, OSError) as exc:
+            _fail(f"{path}: {exc}")
+        present = score > watermark.THRESHOLD
+        if as_json:
+            typer.echo(json.dumps({"file": str(path), "present": present, "score": round(score, 2)}))
+        else:
+            typer.echo(
+                f"{path}: {'present' if present else 'absent'} (score {score:.1f}, threshold {watermark.THRESHOLD})"
+            )
 
 
 index_app = typer.Typer(help="Cross-modal retrieval: embed a folder, search it by text or media.", no_args_is_help=True)

@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polymodal import watermark
 from polymodal.constrain import json_constraint
 from polymodal.content import Audio, Document, Image
 from polymodal.errors import PolymodalError
@@ -228,6 +229,15 @@ class Server:
         finally:
             self.release(job)
             self.metrics.queue.set(self.engine.depth)
+
+    def watermarked(self, part: Any, *, offset: int = 0) -> Any:
+        """A generated image or clip as it leaves the server: marked with the server's key (unless
+        ``watermark`` is off). ``offset``: where a streamed piece of audio starts in its clip."""
+        if not self.config.watermark:
+            return part
+        if isinstance(part, Image):
+            return watermark.mark_image(part, self.config.watermark_key)
+        return watermark.mark_audio(part, self.config.watermark_key, offset=offset)
 
     def release(self, job: Any) -> None:
         """The handler is done with ``job``: free its slot in the engine that ran it."""
@@ -523,7 +533,8 @@ def create_app(run: Run, config: ServeConfig | None = None, *, ui: bool = False,
         data = []
         for k in range(req.n):
             server.count_completion(results[k], usage)
-            data.append({"b64_json": base64.b64encode(_image_bytes(results[k].part, fmt)).decode()})
+            picture = server.watermarked(results[k].part)
+            data.append({"b64_json": base64.b64encode(_image_bytes(picture, fmt)).decode()})
         _count_tokens(server, usage)
         return {"created": int(time.time()), "data": data, "output_format": fmt, "usage": {
             "input_tokens": sum(usage.prompt.values()), "output_tokens": sum(usage.completion.values()),
@@ -654,7 +665,7 @@ async def _say(server: Server, request: Request, text: str, usage: _Usage, *, se
     if 0 not in results:
         return None
     server.count_completion(results[0], usage)
-    return results[0].part
+    return server.watermarked(results[0].part)
 
 
 async def _speak(server: Server, request: Request, text: str, fmt: str, usage: _Usage) -> dict:
@@ -705,14 +716,16 @@ async def _chat_chunks(server: Server, job: Job, request: Request, ident: str, c
             # audio: the first STREAM_AUDIO_CODES codes plus the decoder's context, not the whole clip).
             sampling = _speech_sampling(server, audio_chunk=STREAM_AUDIO_CODES)
             speech = server.submit([Document.of(texts[0] or " ")], "audio", sampling)
-            audio_id, first = f"audio_{uuid_lib.uuid4().hex}", True
+            audio_id, first, offset = f"audio_{uuid_lib.uuid4().hex}", True, 0
             try:
                 while (item := await speech.next_event()) is not None:
                     if isinstance(item, BaseException):
                         raise _generation_error(item)
                     _, event = item
                     if isinstance(event, AudioDelta):
-                        pcm = (np.clip(event.samples, -1, 1) * 32767).astype("<i2").tobytes()
+                        piece = server.watermarked(Audio(event.samples[None], event.sample_rate), offset=offset)
+                        offset += len(event.samples)
+                        pcm = (np.clip(piece.waveform[0], -1, 1) * 32767).astype("<i2").tobytes()
                         delta = {"id": audio_id, "data": base64.b64encode(pcm).decode()}
                         if first:
                             delta.update(transcript=texts[0], expires_at=int(time.time()) + 3600)

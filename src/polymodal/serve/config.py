@@ -46,6 +46,10 @@ class ServeConfig:
     retry_after_s: int = 1
     media_cache_items: int = 512  # encoded media spans kept, keyed by content hash and settings
     compile: bool = False  # torch.compile the decode step (worth it on a GPU)
+    # Every image and audio clip the server generates carries an invisible mark of this key
+    # (polymodal.watermark; polymodal watermark detect FILE --key KEY). Set your own key.
+    watermark: bool = True
+    watermark_key: str = "polymodal"
     # cascade routing (polymodal serve SMALL --large LARGE): see polymodal.serve.router
     cascade_threshold: float = -0.5  # the small run's mean token log-probability below which the large answers
     cascade_large_for: tuple[str, ...] = ()  # input modalities sent straight to the large run

@@ -23,11 +23,10 @@ from typing import Any
 from polymodal.content import Audio, Document, Image, Text, Video
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.generation import Finished, PartDone, SamplingConfig, TextDelta
+from polymodal.tokenizers.recipes import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 
 OUTPUTS = {"text": "text", "image": "image", "speech": "audio", "text + speech": "text"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".webm_audio"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".m4v"}
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".m4v")
 
 
 def _gradio():  # noqa: ANN202
@@ -140,7 +139,8 @@ def build_ui(server: Any) -> Any:
                         history.append({"role": "assistant", "content": text})
                     yield history
                 elif isinstance(event, PartDone):
-                    history.append({"role": "assistant", "content": {"path": _save(event.part, outbox)}})
+                    part = server.watermarked(event.part)
+                    history.append({"role": "assistant", "content": {"path": _save(part, outbox)}})
                     yield history
             if output == "text + speech" and text.strip():
                 server.check_direction({"text"}, "audio")
@@ -148,7 +148,8 @@ def build_ui(server: Any) -> Any:
                                         max_audio_seconds=min(30.0, config.max_audio_seconds))  # fmt: skip
                 async for event in _events(server, Document.of(text), "audio", speech):
                     if isinstance(event, PartDone):
-                        history.append({"role": "assistant", "content": {"path": _save(event.part, outbox)}})
+                        part = server.watermarked(event.part)
+                        history.append({"role": "assistant", "content": {"path": _save(part, outbox)}})
                         yield history
         except Exception as exc:  # noqa: BLE001 (said in the chat, as the API would answer it)
             message = getattr(exc, "message", None) or str(exc)

@@ -22,7 +22,7 @@ from polymodal.files import write_text_atomic
 from polymodal.tokenizers.training import TrainConfig, TrainResult
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 REPORT_FILENAME = "report.json"
 
 
