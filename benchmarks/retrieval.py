@@ -4,6 +4,7 @@
 For each pair kind (image ↔ caption, speech ↔ transcript, sound ↔ label) ``--pairs`` test samples are
 made, both sides embedded with :func:`polymodal.retrieval.embed`, and every query ranks all the other
 side's items; Recall@k is the share of queries whose partner is among the first k (chance: k / pairs).
+The captions are also spoken (eSpeak NG, a new voice each) to find their pictures (speech → image).
 Sound labels repeat (a few sound kinds), so a sound query counts as found when any item with its
 label is within k. Latency: one query against random unit vectors, the median of 50.
 
@@ -20,11 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import machine_name
 
 from polymodal.content import Document, Text
 from polymodal.data.shapes import make_shapes, read_shards
+from polymodal.data.shapes.speech import random_voice, speak
 from polymodal.retrieval import Index, embed
 from polymodal.run import Run
 
@@ -69,6 +72,10 @@ def main() -> None:
         m, t = embed(run, media), embed(run, texts)
         rows.append({"query": f"{text_name}->{media_name}", **recall(t, m, keys, keys)})
         rows.append({"query": f"{media_name}->{text_name}", **recall(m, t, keys, keys)})
+        if kind == "image_caption":  # the captions spoken (a new voice each), finding their pictures
+            rng = np.random.default_rng(0)
+            spoken = embed(run, [Document.of(speak(key, random_voice(rng))) for key in keys])
+            rows.append({"query": "speech->image", **recall(spoken, m, keys, keys)})
     dim = run.model.config.dim
     latency = {}
     for size in (10_000, 100_000):
