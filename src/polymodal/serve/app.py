@@ -210,25 +210,11 @@ class Server:
     async def collect(self, job: Job, request: Request) -> dict[int, Any]:
         """Every row's Finished generation (and media part), answering the job's errors; a client that
         goes away cancels the job."""
-        results: dict[int, Any] = {}
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(job.next_event(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return results
-                    continue
-                if item is None:
-                    return results
-                if isinstance(item, BaseException):
-                    raise _generation_error(item)
-                row, event = item
-                if isinstance(event, Finished):
-                    results[row] = event.generation
+            events = await self._gather(job, request)
         finally:
-            self.release(job)
             self.metrics.queue.set(self.engine.depth)
+        return {row: event.generation for row, event in events if isinstance(event, Finished)}
 
     def watermarked(self, part: Any, *, offset: int = 0) -> Any:
         """A generated image or clip as it leaves the server: marked with the server's key (unless
