@@ -216,6 +216,19 @@ class Server:
             self.metrics.queue.set(self.engine.depth)
         return {row: event.generation for row, event in events if isinstance(event, Finished)}
 
+    @staticmethod
+    def inputs_of(document: Document) -> set[str]:
+        """The modalities a chat reads (text always), as the run's declared directions name them."""
+        return {m for m in map(part_modality, document.parts) if m != "text"} | {"text"}
+
+    def speech_sampling(self, *, seed: int | None = None, guidance: float | None = None,
+                        audio_chunk: int = 0) -> SamplingConfig:  # fmt: skip
+        """How the server speaks a text (speech endpoint, chat audio, the UI)."""
+        guidance = 3.0 if guidance is None else guidance
+        seconds = min(30.0, self.config.max_audio_seconds)
+        return SamplingConfig(temperature=1.0, top_k=50, seed=seed, guidance_scale=guidance,
+                              max_audio_seconds=seconds, audio_chunk=audio_chunk)  # fmt: skip
+
     def watermarked(self, part: Any, *, offset: int = 0) -> Any:
         """A generated image or clip as it leaves the server: marked with the server's key (unless
         ``watermark`` is off). ``offset``: where a streamed piece of audio starts in its clip."""
@@ -238,14 +251,16 @@ class Server:
         streamed reply from it arrives at once; a large one streams as it is written."""
         if self.large is None:
             return self.submit([document] * n, "text", sampling, constraint), "single"
-        reason = self.policy.by_inputs(document, prompt_tokens)
-        if not self.large_run.supports(inputs, "text"):
-            reason = None  # the large run cannot answer these inputs: the small one must
+        large_can = self.large_run.supports(inputs, "text")
+        reason = self.policy.by_inputs(document, prompt_tokens) if large_can else None
         if reason is None:
             events = await self._gather(self.submit([document] * n, "text", sampling, constraint), request)
             finished = [event.generation for _, event in events if isinstance(event, Finished)]
-            if len(finished) < n or self.policy.confident(finished) or not self.large_run.supports(inputs, "text"):
-                self.metrics.cascade.labels("small", "confident" if len(finished) == n else "cancelled").inc()
+            kept = "cancelled" if len(finished) < n else "confident" if self.policy.confident(finished) else None
+            if kept is None and not large_can:
+                kept = "large not trained for these inputs"
+            if kept is not None:
+                self.metrics.cascade.labels("small", kept).inc()
                 return ReplayJob(events), "small"
             reason = "low confidence"
         self.metrics.cascade.labels("large", reason).inc()
@@ -448,7 +463,7 @@ def create_app(run: Run, config: ServeConfig | None = None, *, ui: bool = False,
                 400, f"max_tokens: at most {config.max_completion_tokens} on this server", param="max_tokens"
             )
         document = await server.document(req.messages, req.media_io_kwargs or {})
-        inputs = {m for m in map(part_modality, document.parts) if m != "text"} | {"text"}
+        inputs = server.inputs_of(document)
         server.check_direction(inputs, "text")
         if speak:
             server.check_direction({"text"}, "audio")
@@ -636,17 +651,9 @@ def _count_tokens(server: Server, usage: _Usage) -> None:
             server.metrics.tokens.labels(kind, modality).inc(count)
 
 
-def _speech_sampling(server: Server, *, seed: int | None = None, guidance: float | None = None,
-                     audio_chunk: int = 0) -> SamplingConfig:  # fmt: skip
-    guidance = 3.0 if guidance is None else guidance
-    seconds = min(30.0, server.config.max_audio_seconds)
-    return SamplingConfig(temperature=1.0, top_k=50, seed=seed, guidance_scale=guidance, max_audio_seconds=seconds,
-                          audio_chunk=audio_chunk)  # fmt: skip
-
-
 async def _say(server: Server, request: Request, text: str, usage: _Usage, *, seed: int | None = None,
                guidance: float | None = None) -> Audio | None:  # fmt: skip
-    sampling = _speech_sampling(server, seed=seed, guidance=guidance)
+    sampling = server.speech_sampling(seed=seed, guidance=guidance)
     results = await server.collect(server.submit([Document.of(text)], "audio", sampling), request)
     if 0 not in results:
         return None
@@ -700,7 +707,7 @@ async def _chat_chunks(server: Server, job: Job, request: Request, ident: str, c
         if speak and 0 in finished and audio_format in ("pcm16", "pcm"):
             # Speech streamed as it is written: each chunk of codes is decoded and sent (time to first
             # audio: the first STREAM_AUDIO_CODES codes plus the decoder's context, not the whole clip).
-            sampling = _speech_sampling(server, audio_chunk=STREAM_AUDIO_CODES)
+            sampling = server.speech_sampling(audio_chunk=STREAM_AUDIO_CODES)
             speech = server.submit([Document.of(texts[0] or " ")], "audio", sampling)
             audio_id, first, offset = f"audio_{uuid_lib.uuid4().hex}", True, 0
             try:

@@ -74,9 +74,9 @@ def _file_of(content: Any) -> str | None:
     return None
 
 
-def conversation(history: list[dict], server: Any, *, detail: str, fps: float) -> tuple[Document, set[str]]:
-    """The chat so far as a polymodal chat document, and the modalities of the last user turn. A message's
-    content is a string, a file, or (as Gradio hands it back) a list of ``{"type": "text" | "file"}`` items."""
+def conversation(history: list[dict], server: Any, *, detail: str, fps: float) -> Document:
+    """The chat so far as a polymodal chat document. A message's content is a string, a file, or (as
+    Gradio hands it back) a list of ``{"type": "text" | "file"}`` items."""
     messages: list[tuple[str, list]] = []
     for message in history:
         role, content = message["role"], message["content"]
@@ -97,12 +97,7 @@ def conversation(history: list[dict], server: Any, *, detail: str, fps: float) -
                 messages.append((role, [part]))
     if not messages or messages[-1][0] != "user":
         raise ConfigError("write a message or attach a file first")
-    inputs: set[str] = set()
-    for part in messages[-1][1]:
-        inputs |= {"image"} if isinstance(part, Image) else {"audio"} if isinstance(part, Audio) else set()
-        if isinstance(part, Video):
-            inputs |= {"image"} | ({"audio"} if part.audio is not None else set())
-    return Document.chat(*messages), inputs
+    return Document.chat(*messages)
 
 
 def build_ui(server: Any) -> Any:
@@ -124,9 +119,9 @@ def build_ui(server: Any) -> Any:
                     max_tokens: int) -> AsyncIterator[list[dict]]:  # fmt: skip
         history = list(history or [])
         try:
-            document, inputs = conversation(history, server, detail=detail, fps=fps)
+            document = conversation(history, server, detail=detail, fps=fps)
             kind = OUTPUTS[output]
-            server.check_direction(inputs, kind)
+            server.check_direction(server.inputs_of(document), kind)
             sampling = SamplingConfig(temperature=temperature, max_new_tokens=int(max_tokens),
                                       guidance_scale=1.0 if kind == "text" else 3.0)  # fmt: skip
             text = ""
@@ -144,9 +139,7 @@ def build_ui(server: Any) -> Any:
                     yield history
             if output == "text + speech" and text.strip():
                 server.check_direction({"text"}, "audio")
-                speech = SamplingConfig(temperature=1.0, top_k=50, guidance_scale=3.0,
-                                        max_audio_seconds=min(30.0, config.max_audio_seconds))  # fmt: skip
-                async for event in _events(server, Document.of(text), "audio", speech):
+                async for event in _events(server, Document.of(text), "audio", server.speech_sampling()):
                     if isinstance(event, PartDone):
                         part = server.watermarked(event.part)
                         history.append({"role": "assistant", "content": {"path": _save(part, outbox)}})
