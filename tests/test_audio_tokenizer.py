@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from figures import above, below
 from polymodal.content import Audio
 from polymodal.data.shapes import iter_sound_clips
 from polymodal.errors import ConfigError, MediaError
@@ -68,7 +69,7 @@ def test_mel_filterbank_rows():
 def test_trained_tokenizer_beats_the_fixed_baseline(trained):
     _, history = trained
     scores = history[-1]
-    assert scores["mel_distance"] < scores["envelope_mel_distance"], scores
+    below("mel distance / the envelope baseline's", scores["mel_distance"] / scores["envelope_mel_distance"], 1.0)
 
 
 def test_reconstruction_follows_the_loudness(trained):
@@ -79,7 +80,7 @@ def test_reconstruction_follows_the_loudness(trained):
     decoded = tokenizer.decode(tokenizer.encode(Audio(wave, 16_000))).waveform[0]
     quiet = np.sqrt(np.mean(decoded[: lead - 1_280] ** 2))
     loud = np.sqrt(np.mean(decoded[lead : lead + int(0.5 * 16_000)] ** 2))
-    assert loud > 3 * quiet, (loud, quiet)
+    above("RMS of the sound / of the silence before it", loud / quiet, 3.0)
 
 
 def test_deterministic_and_save_load(tmp_path, trained):

@@ -10,6 +10,7 @@ from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 import toys
+from figures import above, below
 from polymodal.content import Audio, Document, Image, Text
 from polymodal.data.shapes.render import render_scene
 from polymodal.data.shapes.speech import speak
@@ -17,7 +18,7 @@ from polymodal.errors import ConfigError
 from polymodal.eval import scoring
 from polymodal.eval.attributes import ATTRIBUTES, draw_scene
 from polymodal.eval.cli import eval_app
-from polymodal.eval.probes import ImageProbes, ProbeSettings
+from polymodal.eval.probes import ImageProbes
 from polymodal.eval.runner import GenerationSettings, evaluate, evaluate_responder, item_seed
 from polymodal.eval.scoring import (
     MultipleChoiceOutcome,
@@ -30,7 +31,7 @@ from polymodal.eval.scoring import (
     wilson_interval,
     word_errors,
 )
-from polymodal.eval.speech_judge import SpeechJudge, bigram_arpa, judge_sentences
+from polymodal.eval.speech_judge import bigram_arpa
 from polymodal.eval.suites import SHAPES_TASKS, write_shapes_suite, write_task
 from polymodal.eval.tasks import list_tasks, load_suite, load_task
 from polymodal.model import Transformer, preset
@@ -284,8 +285,13 @@ def _tiny_suite(root):
     _write_task(root / "draw", {"name": "draw", "output": "image"}, [{"id": "0", "input": ["draw"]}])
 
 
-def test_two_runs_of_a_tiny_model_give_identical_reports(tmp_path, tiny_run):
+def test_two_runs_of_a_tiny_model_give_identical_reports(tmp_path, tiny_run, monkeypatch):
     _tiny_suite(tmp_path / "suite")
+
+    def no_probes(**_):  # noqa: ANN003, ANN202
+        raise AssertionError("the probes were trained for a run that cannot draw")
+
+    monkeypatch.setattr("polymodal.eval.runner.load_probes", no_probes)  # "draw" is skipped before any judge
     first = evaluate(tiny_run, tmp_path / "suite", batch_size=5)
     second = evaluate(tiny_run, tmp_path / "suite", batch_size=3)
     assert first.answers == second.answers
@@ -414,21 +420,17 @@ def test_media_size_resizes_pictures_and_video_frames(tmp_path, monkeypatch):
 # -- text to image: attribute probes -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def probes():
-    return ImageProbes.train(ProbeSettings(size=32, examples=1200, steps=250, batch_size=48))
-
-
 def test_probes_read_true_pictures_and_survive_a_round_trip(probes, tmp_path):
     chance = {a: 1 / len(v) for a, v in ATTRIBUTES.items()}
     assert set(probes.held_out) == set(ATTRIBUTES)
-    assert probes.held_out["colour"] > 0.8 and probes.held_out["position"] > 0.8
-    assert probes.held_out["count"] > 2 * chance["count"]  # (shape needs 64 px, the default, and longer)
+    above("probe colour accuracy", probes.held_out["colour"], 0.8)
+    above("probe position accuracy", probes.held_out["position"], 0.8)
+    above("probe count accuracy / chance", probes.held_out["count"] / chance["count"], 2.0)  # shape needs 64 px
     rng = np.random.default_rng(3)
     scenes = [draw_scene(rng, colour="red", shape="circle", position="top left") for _ in range(6)]
     pictures = [render_scene(s, size=64) for s in scenes]
     read = probes.read(pictures)
-    assert sum(r["colour"] == "red" for r in read) >= 5
+    above("red pictures read as red (of 6)", sum(r["colour"] == "red" for r in read), 4.5)
     folder = probes.save(tmp_path / "probes")
     again = ImageProbes.load(folder)
     assert again.read(pictures) == read and again.held_out == probes.held_out
@@ -476,7 +478,8 @@ def test_text_to_image_task_scores_pictures_against_the_ceiling(tmp_path, probes
         assert s["generated"] == s["reference"]  # the true pictures, read as the ceiling reads them
     blank = evaluate_responder(Copier(folder, set()), suite, tasks=["text-to-image"], probes=probes)
     colour = blank.task("text-to-image").scores["attributes"]["colour"]
-    assert colour["generated"]["value"] <= 0.25 < colour["reference"]["value"]
+    below("colour read in grey squares", colour["generated"]["value"], 0.25 + 1e-9)
+    above("colour read in the true pictures", colour["reference"]["value"], 0.25)
     assert honest.seeds == [item_seed(item["id"]) for item in items]
     written = perfect.write(tmp_path / "report")
     assert len(list((written / "samples" / "text-to-image").glob("*.png"))) == 24
@@ -486,11 +489,6 @@ def test_text_to_image_task_scores_pictures_against_the_ceiling(tmp_path, probes
 
 
 # -- text to speech: an independent recogniser ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def judge(tmp_path_factory):
-    return SpeechJudge.build(tmp_path_factory.mktemp("judge"), judge_sentences(600))
 
 
 def test_language_model_is_a_valid_backoff_bigram():
@@ -509,7 +507,7 @@ def test_the_judge_hears_espeak_and_not_a_tone(judge):
     sentences = ["what is the yellow shape", "how many squares are there", "where is the pink star"]
     heard = [judge.transcribe(speak(s)) for s in sentences]
     errors = sum(word_errors(s, h)[0] for s, h in zip(sentences, heard, strict=True))
-    assert errors <= 8, heard  # of 15 words: eSpeak is hard for it (about half its words in the floor), never none
+    below("words of 15 not heard in eSpeak's speech", errors, 8.5)  # eSpeak is hard for it, never hopeless
     tone = Audio(np.sin(np.arange(32000) * 2 * np.pi * 440 / 16000).astype(np.float32)[None] * 0.3, 16000)
     assert word_errors(sentences[0], judge.transcribe(tone))[0] >= 3
 
@@ -533,7 +531,8 @@ def test_text_to_speech_task_scores_clips_against_the_floor(tmp_path, judge):
     honest = evaluate_responder(Speaker(True), tmp_path / "suite", judge=judge)
     silent = evaluate_responder(Speaker(False), tmp_path / "suite", judge=judge)
     wer = honest.task("text-to-speech").scores["asr_wer"]
-    assert wer["generated"]["value"] < 0.8 and wer["reference"]["value"] < 0.8
+    below("WER on eSpeak's speech", wer["generated"]["value"], 0.8)
+    below("WER on the reference clips", wer["reference"]["value"], 0.8)
     assert silent.task("text-to-speech").scores["asr_wer"]["generated"]["value"] >= 0.9
     assert silent.task("text-to-speech").scores["asr_wer"]["reference"] == wer["reference"]  # the same floor
     written = honest.write(tmp_path / "report")

@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import toys
+from needs import require
 from polymodal.model import Transformer, preset
 from polymodal.run import Run
 from polymodal.serve import ServeConfig
@@ -21,7 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_the_triage_example_end_to_end(tmp_path):
-    pytest.importorskip("fastapi")
+    require("fastapi", "serve")
     from test_serve import Served
 
     data = tmp_path / "data"
@@ -47,10 +47,11 @@ def test_the_triage_example_end_to_end(tmp_path):
 
         ticket = json.loads((data / "test.jsonl").read_text().splitlines()[0])
         image, audio, words = ticket["messages"][0]["content"]
-        answer = triage_eval.triage(served.client, "triage", schema, (data / image["path"]).read_bytes(),
-                                    (data / audio["path"]).read_bytes(), words["text"])  # fmt: skip
-        # an untrained model, but the answer is the schema's shape (or a prefix cut by max_tokens: {})
-        if answer:
+        answer, finish = triage_eval.triage(served.client, "triage", schema, (data / image["path"]).read_bytes(),
+                                            (data / audio["path"]).read_bytes(), words["text"])  # fmt: skip
+        # an untrained model, but constrained to the schema: the whole object, or a prefix cut by max_tokens
+        assert (answer is None) == (finish == "length"), (answer, finish)
+        if finish == "stop":
             assert answer["category"] in schema["properties"]["category"]["enum"]
             assert answer["priority"] in schema["properties"]["priority"]["enum"]
         result = subprocess.run([sys.executable, str(EXAMPLES / "triage" / "evaluate.py"), "--data", str(data),
@@ -60,6 +61,12 @@ def test_the_triage_example_end_to_end(tmp_path):
         report = json.loads((tmp_path / "eval.json").read_text())
         assert report["tickets"] == 2 and set(report["scores"]) >= set(triage_eval.FIELDS)
         assert all(0 <= v <= 1 for v in report["scores"].values())
+        rows = report["answers"]
+        assert report["unparsed"] == sum(r["answer"] is None for r in rows) == sum(r["finish_reason"] == "length"
+                                                                                   for r in rows)  # fmt: skip
+        right = sum(r["answer"] is not None and r["answer"].get("category") == r["truth"]["category"] for r in rows)
+        assert report["scores"]["category"] == right / 2  # an unparsed answer counts, as wrong
+        assert f"answers parsed         {2 - report['unparsed']} of 2" in result.stdout
     finally:
         served.stop()
         sys.path.remove(str(EXAMPLES / "triage"))

@@ -6,6 +6,7 @@ import torch
 from PIL import Image as PILImage
 
 import toys
+from needs import require
 from polymodal import vocab as V
 from polymodal.content import Audio, Document, Image, Text
 from polymodal.errors import ConfigError
@@ -254,7 +255,7 @@ def test_rows_finish_as_soon_as_they_are_done_and_cancelled_rows_stop(run):
 
 
 def test_int8_weights_are_four_times_smaller_and_decode_alike(tmp_path):
-    pytest.importorskip("torchao")
+    require("torchao", "quantize")
     from polymodal.quantize import linear_weight_bytes, quantize_weights
 
     text = TextTokenizer.train(["a red circle and a blue square, what is this"] * 30, vocab_size=300)

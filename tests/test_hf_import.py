@@ -3,7 +3,9 @@ import json
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from needs import require
+
+transformers = require("transformers")
 
 from polymodal.errors import ConfigError  # noqa: E402
 from polymodal.model.hf_import import import_llama  # noqa: E402

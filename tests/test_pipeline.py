@@ -3,6 +3,7 @@ import torch
 from PIL import Image as PILImage
 
 import toys
+from figures import LN2, below, worst_token_nll
 from polymodal.content import Document, Image, Text
 from polymodal.errors import ConfigError
 from polymodal.generation import SamplingConfig, generate
@@ -10,6 +11,7 @@ from polymodal.model import Transformer, preset
 from polymodal.pipeline import Pipeline
 from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.sequence import pad_batch
 from polymodal.tokenizers.text import TextTokenizer
 
 
@@ -74,8 +76,14 @@ def test_specialists_trained_on_their_own_subtasks_answer_through_text(tmp_path)
                         directions=directions, workers=0, checkpoint_every=60)  # fmt: skip
         return Trainer(recipe, tmp_path / name, progress=False).fit()
 
-    pipeline = Pipeline({"image": train("captioner", "captions", ("image+text->text",))},
-                        train("reasoner", "answers", ("text->text",)))  # fmt: skip
+    captioner, reasoner = (
+        train("captioner", "captions", ("image+text->text",)),
+        train("reasoner", "answers", ("text->text",)),
+    )
+    for name, run, docs in (("captioner", captioner, captions), ("reasoner", reasoner, answers)):
+        batch = pad_batch([codec.encode(d) for d in docs], codec.vocab.pad_id)
+        below(f"{name}: worst answer token's loss (nats)", worst_token_nll(run.model, batch), LN2)
+    pipeline = Pipeline({"image": captioner}, reasoner)
     greedy = SamplingConfig(temperature=0, max_new_tokens=6)
     for colour, picture in pictures.items():
         prompt = Document.chat(("user", ["what colour is it?", picture]))

@@ -15,31 +15,33 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import openai
 import pytest
 import soundfile as sf
 import torch
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 import toys
-from media_factory import pick_codec, write_video
-from polymodal.content import Audio, Document, Image
-from polymodal.eval.cli import eval_app
-from polymodal.eval.endpoint import EndpointError, evaluate_endpoint
-from polymodal.eval.probes import ImageProbes, ProbeSettings
-from polymodal.eval.runner import evaluate
-from polymodal.eval.speech_judge import SpeechJudge, judge_sentences
-from polymodal.eval.suites import write_task
-from polymodal.generation import SamplingConfig, generate
-from polymodal.model import Transformer, preset
-from polymodal.run import Run
-from polymodal.serve import ServeConfig, create_app
-from polymodal.tokenizers.document import DocumentTokenizer
-from polymodal.tokenizers.text import TextTokenizer
+from needs import require
+
+openai = require("openai")
+uvicorn = require("uvicorn", "serve")
+require("fastapi", "serve")
+
+from media_factory import pick_codec, write_video  # noqa: E402
+from polymodal.content import Audio, Document, Image  # noqa: E402
+from polymodal.eval.cli import eval_app  # noqa: E402
+from polymodal.eval.endpoint import EndpointError, evaluate_endpoint  # noqa: E402
+from polymodal.eval.runner import evaluate  # noqa: E402
+from polymodal.eval.suites import write_task  # noqa: E402
+from polymodal.generation import SamplingConfig, generate  # noqa: E402
+from polymodal.model import Transformer, preset  # noqa: E402
+from polymodal.run import Run  # noqa: E402
+from polymodal.serve import ServeConfig, create_app  # noqa: E402
+from polymodal.tokenizers.document import DocumentTokenizer  # noqa: E402
+from polymodal.tokenizers.text import TextTokenizer  # noqa: E402
 
 DIRECTIONS = ("text->text", "text->image", "text->audio", "image+text->text", "audio+text->text", "audio->text")
 
@@ -266,10 +268,8 @@ def _endpoint_suite(root) -> None:
     write_task(root / "say", "text-to-speech", 2)
 
 
-def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, run, tmp_path):
+def test_eval_through_the_endpoint_gives_the_answers_of_the_local_run(served, run, tmp_path, probes, judge):
     _endpoint_suite(tmp_path / "suite")
-    probes = ImageProbes.train(ProbeSettings(size=32, examples=100, steps=5))
-    judge = SpeechJudge.build(tmp_path / "judge", judge_sentences(50))
     local = evaluate(run, tmp_path / "suite", batch_size=8, probes=probes, judge=judge)
     # unmarked media, so that the server's pictures and clips can be compared byte for byte
     server = served.app.state.server

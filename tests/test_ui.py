@@ -6,14 +6,18 @@ import io
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-pytest.importorskip("gradio", reason="the ui extra: pip install 'polymodal[ui]'")
-webdriver = pytest.importorskip("selenium.webdriver")
+from needs import in_ci, require
+
+require("gradio", "ui")
+webdriver = require("selenium.webdriver")
 
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -35,7 +39,7 @@ def browser_paths() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     if binary is None or driver is None:
         message = "Chromium and its driver are needed (Debian: apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message)  # CI installs them (.ci/run): missing there is a broken machine
         pytest.skip(message)
     return binary, driver
@@ -48,23 +52,33 @@ def run():  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def served(run):  # noqa: ANN201
+    browser_paths()  # skip (or fail in CI) before a server is started for nothing
     s = Served(run, ServeConfig(model_name="tiny", max_completion_tokens=MAX_TOKENS), ui=True)
     yield s
     s.stop()
 
 
-@pytest.fixture
-def page(served):  # noqa: ANN201
+@contextmanager
+def open_ui(url: str) -> Iterator:
+    """Headless Chromium on the UI at ``url``, once its prompt box is there; closed on the way out."""
     binary, driver = browser_paths()
     options = Options()
     options.binary_location = binary
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
         options.add_argument(argument)
     browser = webdriver.Chrome(service=Service(driver), options=options)
-    browser.get(served.url + "/ui/")
-    WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#prompt textarea"))
-    yield browser
-    browser.quit()
+    try:
+        browser.get(url + "/ui/")
+        WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#prompt textarea"))
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def page(served):  # noqa: ANN201
+    with open_ui(served.url) as browser:
+        yield browser
 
 
 def screenshot(browser, folder: Path, name: str) -> Path:  # noqa: ANN001
@@ -161,21 +175,14 @@ def test_text_and_speech_come_back_and_the_speech_plays(page, served, tmp_path):
 
 
 def test_a_direction_the_run_lacks_is_said_in_the_chat(tmp_path):
+    browser_paths()  # skip (or fail in CI) before the server starts
     lacking = Served(tiny_run(("text->text", "image+text->text")), ServeConfig(model_name="text-only"), ui=True)
-    binary, driver = browser_paths()
-    options = Options()
-    options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    browser = webdriver.Chrome(service=Service(driver), options=options)
     try:
-        browser.get(lacking.url + "/ui/")
-        WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#prompt textarea"))
-        choose_output(browser, "image")
-        ask(browser, "draw a red circle")
-        WebDriverWait(browser, 60).until(lambda b: bot_messages(b) and settled(b))
-        said = bot_messages(browser)[-1].text
-        assert "not trained for text->image" in said and "text->text" in said
+        with open_ui(lacking.url) as browser:
+            choose_output(browser, "image")
+            ask(browser, "draw a red circle")
+            WebDriverWait(browser, 60).until(lambda b: bot_messages(b) and settled(b))
+            said = bot_messages(browser)[-1].text
+            assert "not trained for text->image" in said and "text->text" in said
     finally:
-        browser.quit()
         lacking.stop()

@@ -22,8 +22,11 @@ from pathlib import Path
 FIELDS = ("category", "priority", "summary", "evidence.screenshot", "evidence.voice", "evidence.text")
 
 
-def triage(client, model: str, schema: dict, screenshot: bytes, note: bytes, text: str) -> dict:  # noqa: ANN001
-    """One ticket through the API: the triage as a dict."""
+def triage(  # noqa: ANN001
+    client, model: str, schema: dict, screenshot: bytes, note: bytes, text: str
+) -> tuple[dict | None, str]:
+    """One ticket through the API: the triage as a dict (None when the reply does not parse: cut by
+    ``max_tokens``), and the reply's finish reason."""
     content = [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(screenshot).decode()}},
         {"type": "input_audio", "input_audio": {"data": base64.b64encode(note).decode(), "format": "wav"}},
@@ -33,10 +36,11 @@ def triage(client, model: str, schema: dict, screenshot: bytes, note: bytes, tex
         model=model, messages=[{"role": "user", "content": content}], temperature=0, max_tokens=400,
         response_format={"type": "json_schema", "json_schema": {"name": "triage", "schema": schema, "strict": True}},
     )  # fmt: skip
+    choice = reply.choices[0]
     try:
-        return json.loads(reply.choices[0].message.content)
-    except json.JSONDecodeError:  # cut by max_tokens: a prefix of the object, every field counted wrong
-        return {}
+        return json.loads(choice.message.content), choice.finish_reason
+    except json.JSONDecodeError:  # cut by max_tokens: a prefix of the object, counted (every field wrong)
+        return None, choice.finish_reason
 
 
 def blank_png(size: int = 32) -> bytes:
@@ -97,19 +101,23 @@ def main() -> None:
             picture = blank_png()
         elif args.without == "note":
             note = silent_wav(seconds=1.0)
-        answer = triage(client, args.model, schema, picture, note, text["text"])
-        return truth, answer
+        answer, finish = triage(client, args.model, schema, picture, note, text["text"])
+        return truth, answer, finish
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, tickets))
-    scores = {name: sum(field(a, name) == field(t, name) for t, a in results) / len(results) for name in FIELDS}
-    f1 = [overlap(field(a, "summary"), field(t, "summary")) for t, a in results]
+    # an answer that does not parse scores every field wrong: it stays in the denominator
+    scores = {name: sum(field(a or {}, name) == field(t, name) for t, a, _ in results) / len(results)
+              for name in FIELDS}  # fmt: skip
+    f1 = [overlap(field(a or {}, "summary"), field(t, "summary")) for t, a, _ in results]
     scores["summary word F1"] = sum(f1) / len(f1)
+    unparsed = sum(a is None for _, a, _ in results)
     for name, value in scores.items():
         print(f"{name:<22} {value:6.1%}")
+    print(f"{'answers parsed':<22} {len(results) - unparsed} of {len(results)}")
     if args.json:
-        answers = [{"truth": t, "answer": a} for t, a in results]
-        report = {"tickets": len(results), "scores": scores, "answers": answers}
+        answers = [{"truth": t, "answer": a, "finish_reason": f} for t, a, f in results]
+        report = {"tickets": len(results), "unparsed": unparsed, "scores": scores, "answers": answers}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -284,12 +284,25 @@ def score_text_task(task: Task, rows: list[dict]) -> TaskResult:
                       scores=scores)  # fmt: skip
 
 
+class _Lazy:
+    """A judge built on first use: a task whose responder cannot draw or speak never trains one."""
+
+    def __init__(self, build) -> None:  # noqa: ANN001
+        self.build, self.value = build, None
+
+    def get(self):  # noqa: ANN201
+        if self.value is None:
+            self.value = self.build()
+        return self.value
+
+
 def draw_task(
-    responder: Responder, task: Task, probes: ImageProbes, *, chunk: int = 16, progress: bool = False
+    responder: Responder, task: Task, probes: ImageProbes | _Lazy, *, chunk: int = 16, progress: bool = False
 ) -> tuple[TaskResult, list[dict], dict[str, bytes]]:
     """Ask the responder to draw every item's caption; the probes read each picture and the item's true
     picture (``meta.reference``, the ceiling); returns the result, the answer rows and the pictures."""
     images = _generate_all(responder, "draw", task, chunk, progress)
+    probes = probes.get() if isinstance(probes, _Lazy) else probes
     references = [Image.open(task.path / item.meta["reference"]) for item in task.items]
     read, truth = probes.read(images), probes.read(references)
     counts: dict[str, list[int]] = {}  # attribute -> [generated right, reference right, items]
@@ -338,11 +351,12 @@ def _generate_all(responder: Responder, method: str, task: Task, chunk: int, pro
 
 
 def speak_task(
-    responder: Responder, task: Task, judge: SpeechJudge, *, chunk: int = 16, progress: bool = False
+    responder: Responder, task: Task, judge: SpeechJudge | _Lazy, *, chunk: int = 16, progress: bool = False
 ) -> tuple[TaskResult, list[dict], dict[str, bytes]]:
     """Ask the responder to say every item's sentence; the judge transcribes each clip and the item's
     eSpeak NG clip (``meta.reference``, the floor); WER against the sentence, for both."""
     clips = _generate_all(responder, "say", task, chunk, progress)
+    judge = judge.get() if isinstance(judge, _Lazy) else judge
     sentences = [item.answers[0] if item.answers else item.question for item in task.items]
     heard = judge.transcribe_all(clips)
     heard_reference = judge.transcribe_all([Audio.open(task.path / item.meta["reference"]) for item in task.items])
@@ -392,11 +406,12 @@ def evaluate_responder(
             continue
         if task.spec.output in ("image", "speech"):
             try:
+                # the judges are loaded (trained on first use) only once the responder has drawn or spoken
                 if task.spec.output == "image":
-                    probes = probes or load_probes(progress=progress)
+                    probes = probes or _Lazy(lambda: load_probes(progress=progress))
                     result, rows, pictures = draw_task(responder, task, probes, progress=progress)
                 else:
-                    judge = judge or load_speech_judge()
+                    judge = judge or _Lazy(load_speech_judge)
                     result, rows, pictures = speak_task(responder, task, judge, progress=progress)
             except DirectionNotSupportedError as exc:
                 skipped[task.name] = str(exc)
