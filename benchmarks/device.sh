@@ -5,6 +5,7 @@
 #   benchmarks/device.sh decode  # decoding, tiny and small shapes, batch 1/8/32
 #   benchmarks/device.sh media   # media tokenizers and image/speech generation
 #   benchmarks/device.sh serve   # the server under load
+#   benchmarks/device.sh tests   # the tests marked gpu (tests/test_gpu.py: bf16, fused AdamW, CUDA graphs, NCCL)
 set -uo pipefail
 OUT=${OUT:-/tmp/polymodal-bench}
 mkdir -p "$OUT"
@@ -38,6 +39,8 @@ for job in "$@"; do
             2>&1 | tee "$OUT/serve_tiny.log" ;;
     media)
         timeout 150 python3 benchmarks/media.py --device cuda --json "$OUT/media_cuda.json" 2>&1 | tee "$OUT/media.log" ;;
+    tests)  # skipped on CI's CPUs: run here, where CUDA is
+        timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests_gpu.log" ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
     esac
 done

@@ -48,10 +48,10 @@ def eval_home(tmp_path_factory):  # noqa: ANN001, ANN201
 
 @pytest.fixture(scope="session")
 def probes():  # noqa: ANN201
-    """Image attribute probes at 32 px, trained once per test run (about a minute on 2 cores)."""
+    """Image attribute probes at 32 px, trained once per test run (about 2 minutes on 2 cores)."""
     from polymodal.eval.probes import ImageProbes, ProbeSettings
 
-    return ImageProbes.train(ProbeSettings(size=32, examples=1200, steps=250, batch_size=48))
+    return ImageProbes.train(ProbeSettings(size=32, examples=1200, steps=500, batch_size=48))
 
 
 @pytest.fixture(scope="session")

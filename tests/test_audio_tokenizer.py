@@ -69,6 +69,7 @@ def test_mel_filterbank_rows():
 def test_trained_tokenizer_beats_the_fixed_baseline(trained):
     _, history = trained
     scores = history[-1]
+    # reached 0.85 (2 threads) / 0.85 (1 thread) of the baseline's distance; bar 1.0: a 15% margin
     below("mel distance / the envelope baseline's", scores["mel_distance"] / scores["envelope_mel_distance"], 1.0)
 
 
@@ -80,6 +81,7 @@ def test_reconstruction_follows_the_loudness(trained):
     decoded = tokenizer.decode(tokenizer.encode(Audio(wave, 16_000))).waveform[0]
     quiet = np.sqrt(np.mean(decoded[: lead - 1_280] ** 2))
     loud = np.sqrt(np.mean(decoded[lead : lead + int(0.5 * 16_000)] ** 2))
+    # reached 126x / 128x; bar 3x: the silence stays silent by a factor of 40 over the bar
     above("RMS of the sound / of the silence before it", loud / quiet, 3.0)
 
 

@@ -81,8 +81,10 @@ def test_trained_tokenizer_beats_the_fixed_baseline(trained):
     tokenizer, history = trained
     scores = history[-1]
     for side in tokenizer.config.buckets:
+        # reached 2.5 / 2.5 dB at 16 px and 1.7 / 1.7 dB at 32 px over the palette; bar 0 dB (7% of the PSNR)
         above(f"PSNR@{side} over the palette baseline's (dB)", scores[f"psnr@{side}"] - scores[f"palette_psnr@{side}"],
               0.0)  # fmt: skip
+    # reached 24.6 / 24.7 dB; bar 22 dB: a 2.6 dB (11%) margin
     above("PSNR@32 (dB)", scores["psnr@32"], 22.0)
 
 
@@ -182,6 +184,7 @@ def test_adapting_to_a_new_domain_keeps_the_vocabulary(trained, adapt):
     config = TrainConfig(steps=150, batch_size=16, eval_every=150, progress=False)
     adapted, result = ImageTokenizer.train(images, train=config, held_out=held_out, init=tokenizer, adapt=adapt)
     assert adapted.vocab_size == tokenizer.vocab_size and adapted.config == tokenizer.config
+    # reached +2.1 / +1.9 dB (encoder) and +8.2 / +7.8 dB (all); bar +0.5 dB: 1.4 dB of margin at least
     above("PSNR@32 gained on the new domain (dB)", result.history[-1]["psnr@32"] - before, 0.5)
     every_code = torch.arange(tokenizer.vocab_size).view(1, 1, -1)
     with torch.no_grad():

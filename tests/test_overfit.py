@@ -39,6 +39,8 @@ def test_debug_model_overfits_every_direction():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    # reached 0.00055 / 0.0005; bar 0.05. The worst token: 0.0014 / 0.0013 nats, bar ln 2 (probability above one
+    # half: the greedy argmax on any machine), so the exact generations below cannot flip
     below("final training loss", loss.item(), 0.05)
     below("worst trained token's loss (nats)", worst_token_nll(model.eval(), batch), LN2)  # greedy repeats it
     run = Run(model.eval(), codec, ("image->text", "text->image", "audio->text", "text->audio"))

@@ -82,6 +82,8 @@ def test_specialists_trained_on_their_own_subtasks_answer_through_text(tmp_path)
     )
     for name, run, docs in (("captioner", captioner, captions), ("reasoner", reasoner, answers)):
         batch = pad_batch([codec.encode(d) for d in docs], codec.vocab.pad_id)
+        # reached 0.032 / 0.032 (captioner) and 0.050 / 0.050 (reasoner) nats; bar ln 2 = 0.69: the greedy argmax
+        # on any machine, so the exact answers below cannot flip
         below(f"{name}: worst answer token's loss (nats)", worst_token_nll(run.model, batch), LN2)
     pipeline = Pipeline({"image": captioner}, reasoner)
     greedy = SamplingConfig(temperature=0, max_new_tokens=6)

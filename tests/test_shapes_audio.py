@@ -70,6 +70,7 @@ def test_timbres_tell_the_shapes_apart_at_every_pitch():
         rest = np.arange(len(z)) != i
         centres = {s: z[rest & (labels == s)].mean(0) for s in SHAPES}
         correct += min(centres, key=lambda s: np.linalg.norm(z[i] - centres[s])) == labels[i]
+    # deterministic (no training): reached 100% / 100%; bar 95%
     above("timbre nearest-centre accuracy", correct / len(z), 0.95 - 1e-9)
 
 

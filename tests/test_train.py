@@ -100,6 +100,7 @@ def test_training_learns_exports_a_run_and_keeps_checkpoints(corpus, tmp_path):
     run = Trainer(recipe(corpus, stages=stages, checkpoint_every=10, tensorboard=True), out, progress=False).fit()
     history = [loss for _, loss, _ in losses(out) if loss is not None]
     assert len(history) == 30
+    # reached 0.29 / 0.29; bar 0.5: a 21-point margin
     below("last loss / first loss", history[-1] / history[0], 0.5)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for r in records:  # per-modality losses: the step's loss is their weighted mean, so it lies between them
@@ -173,7 +174,7 @@ step = loop.train_step
 def recorded(model, objective, *args, **kwargs):
     stats = step(model, objective, *args, **kwargs)
     with open(os.environ["SCALES"] + "." + os.environ["RANK"], "a") as f:
-        f.write(repr(float(objective.logit_scale)) + "\\n")
+        f.write(repr(float(objective.contrastive.logit_scale)) + "\\n")
     return stats
 loop.train_step = recorded
 """
@@ -298,6 +299,7 @@ def test_align_stage_pulls_pairs_together(corpus, tmp_path):
     out = tmp_path / "align"
     Trainer(recipe(corpus, stages=(align,)), out, progress=False).fit()
     history = [loss for _, loss, _ in losses(out)]
+    # reached 0.19 / 0.19; bar 0.5: a 31-point margin
     below("align loss, last 5 steps / first 5", sum(history[-5:]) / sum(history[:5]), 0.5)
     with pytest.raises(ConfigError, match="align stage needs media \\+ text pairs"):
         bad = StageConfig(name="align", objective="align", data={str(corpus / "chats"): 1.0}, steps=1)
@@ -311,6 +313,7 @@ def test_late_fusion_trains_with_the_same_loop(corpus, tmp_path):
     run = Trainer(late, tmp_path / "late", progress=False).fit()
     assert run.architecture == "late" and Run.load(tmp_path / "late").architecture == "late"
     history = [loss for _, loss, _ in losses(tmp_path / "late") if loss is not None]
+    # reached 0.45 / 0.45; bar 0.7: a 25-point margin
     below("late-fusion loss, last 3 steps / first 3", sum(history[17:20]) / sum(history[:3]), 0.7)
 
 
@@ -426,6 +429,7 @@ def test_media_embeddings_start_from_the_code_latents():
         pick = torch.randperm(len(z))[:200]
         sim_z = torch.nn.functional.normalize(z[pick], dim=1) @ torch.nn.functional.normalize(z[pick], dim=1).T
         sim_e = torch.nn.functional.normalize(e[pick], dim=1) @ torch.nn.functional.normalize(e[pick], dim=1).T
+        # no training, a projection: reached 0.976 (image) and 0.982 (audio) on 2 threads and on 1; bar 0.8
         above(
             f"{modality}: correlation of code and embedding similarities",
             float(torch.corrcoef(torch.stack([sim_z.flatten(), sim_e.flatten()]))[0, 1]),
@@ -454,6 +458,7 @@ def test_lora_learns_a_new_task_while_the_base_stays_bit_identical(corpus, tmp_p
     adapted = recipe(corpus, stages=(chats,), init=str(tmp_path / "base-run"), lora=lora)
     merged = Trainer(adapted, tmp_path / "lora", progress=False).fit()
     history = [loss for _, loss, _ in losses(tmp_path / "lora") if loss is not None]
+    # reached 0.0058 / 0.0057 (full) and 0.0059 / 0.0058 (int8); bar 0.5: the chats are learned by far
     below(f"LoRA ({lora_base}) loss, last 5 steps / first 5", sum(history[-5:]) / sum(history[:5]), 0.5)
     # the checkpoint holds the adapted model: every base weight as it was, only the adapters trained
     state = latest_checkpoint(tmp_path / "lora").model_state()

@@ -9,6 +9,7 @@ Commands::
     polymodal eval run --endpoint URL --model NAME --suite shapes [--api-key KEY] [--out DIR]
     polymodal eval tasks
     polymodal eval make-suite shapes --out DIR [--items N]
+    polymodal eval perception RUN_DIR [--examples N] [--probe linear|mlp] [--json FILE]
 """
 
 from __future__ import annotations
@@ -151,3 +152,45 @@ def make_suite_cmd(
     except PolymodalError as exc:
         _fail(exc)
     typer.echo(f"{name} suite -> {folder}")
+
+
+@eval_app.command("perception")
+def perception_cmd(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run folder: its tokenizer's codes and its model's hidden states.")
+    ] = None,
+    vocab: Annotated[
+        Path | None, typer.Option(help="Probe only a vocabulary's image tokenizer (no model), instead of a run.")
+    ] = None,
+    examples: Annotated[int, typer.Option(help="Training pictures per attribute.", min=20)] = 1000,
+    held_out: Annotated[int, typer.Option(help="Scored pictures per attribute.", min=20)] = 500,
+    size: Annotated[int, typer.Option(help="The pictures' side in pixels.", min=8)] = 32,
+    probe: Annotated[str, typer.Option(help="linear (logistic regression) or mlp (one hidden layer).")] = "linear",
+    seed: Annotated[int, typer.Option(help="Seed of the pictures and the probes.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the table and settings here.")] = None,
+) -> None:
+    """Where perception is lost: how well a probe reads colour, shape, position and count from the pixels,
+    the tokenizer's codes, the model's embeddings and each block's hidden states (docs/perception.md)."""
+    from polymodal.eval.perception import PerceptionSettings, probe_perception
+    from polymodal.files import write_text_atomic
+    from polymodal.run import Run
+    from polymodal.tokenizers.document import DocumentTokenizer
+
+    if (run_dir is None) == (vocab is None):
+        _fail(PolymodalError("give a run folder or --vocab DIR (one of them)"))
+    try:
+        settings = PerceptionSettings(examples=examples, held_out=held_out, size=size, seed=seed, probe=probe)
+        if run_dir is not None:
+            run = Run.load(run_dir)
+            tokenizer, model = run.tokenizer, run.model.eval()
+        else:
+            tokenizer, model = DocumentTokenizer.load(vocab), None
+        start = time.perf_counter()
+        report = probe_perception(tokenizer, model, settings, say=lambda line: typer.echo(line, err=True))
+    except PolymodalError as exc:
+        _fail(exc)
+    typer.echo(report.format())
+    typer.echo(f"({settings.probe} probes, {examples} pictures each, {held_out} held out, {report.grid[0]}x"
+               f"{report.grid[1]} codes per picture; {time.perf_counter() - start:.0f} s)")  # fmt: skip
+    if json_out is not None:
+        write_text_atomic(json_out, report.to_json())

@@ -1,0 +1,216 @@
+"""Where perception is lost: linear probes on what each step of the image path holds about a picture.
+
+A picture reaches the model's answer through a chain: pixels → the image tokenizer's codes → the
+model's embedding of each code → its hidden states, block after block. A linear probe (multinomial
+logistic regression, scikit-learn) trained on one step's features and scored on held-out pictures
+says how readable an attribute — ``colour``, ``shape``, ``position`` (3×3 cell) or ``count`` (1–4) —
+still is there. Where the figure drops, the information was lost, or kept in a form no simple reader
+can use; where it is high but the model's answers are at chance, the model does not use it.
+
+The steps (each a *reader*, in order):
+
+- ``pixels``: the picture itself, RGB at ``size`` px (the ceiling for the rest);
+- ``decoded``: the picture decoded back from its codes (what survives the tokenizer);
+- ``codes``: the codes as one-hot vectors per grid cell (what the vocabulary ids carry);
+- ``code_latents``: the latent vector the tokenizer's decoder reads for each code (neural tokenizers);
+- ``embeddings``: the model's input embedding of each code (with a model);
+- ``block N``: the model's hidden state at the codes after block N (with a model).
+
+With ``probe="mlp"`` a one-hidden-layer perceptron reads instead: what it reads and a linear probe
+does not is there, but only in a form a model would have to learn to decode first.
+
+Pictures are drawn from known ground truth, as the text-to-image probes draw theirs
+(:func:`polymodal.eval.attributes.draw_scene`). This module knows nothing of tasks, suites or reports.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from scipy import sparse
+
+from polymodal.content import Document, Image
+from polymodal.data.shapes.render import render_scene
+from polymodal.data.shapes.world import POSITIONS
+from polymodal.errors import ConfigError
+from polymodal.eval.attributes import ATTRIBUTES, COUNT_WORDS, draw_scene
+from polymodal.tokenizers.document import DocumentTokenizer
+
+PROBES = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class PerceptionSettings:
+    examples: int = 1000  # training pictures per attribute
+    held_out: int = 500  # scored pictures per attribute
+    size: int = 32  # the pictures' side in pixels (the tokenizer picks its grid for that size)
+    seed: int = 0
+    attributes: tuple[str, ...] = tuple(ATTRIBUTES)
+    probe: str = "linear"  # or "mlp": one hidden layer of 256, to tell "not there" from "not linearly there"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.attributes) - set(ATTRIBUTES))
+        if unknown:
+            raise ConfigError(f"unknown attributes {unknown}; known: {', '.join(ATTRIBUTES)}")
+        if self.examples < 20 or self.held_out < 20:
+            raise ConfigError(
+                f"need at least 20 training and 20 held-out pictures, got {self.examples}/{self.held_out}"
+            )
+        if self.probe not in PROBES:
+            raise ConfigError(f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}")
+        if self.size < 8:
+            raise ConfigError(f"size must be at least 8 px, got {self.size}")
+
+
+@dataclass
+class PerceptionReport:
+    """Held-out accuracy of a linear probe, by reader (in path order) and attribute, with chance."""
+
+    accuracy: dict[str, dict[str, float]]
+    chance: dict[str, float]
+    settings: PerceptionSettings
+    grid: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "chance": self.chance, "settings": asdict(self.settings),
+                "grid": list(self.grid)}  # fmt: skip
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def format(self) -> str:
+        """A Markdown table: one row per reader, one column per attribute, chance in the last row."""
+        attributes = list(self.settings.attributes)
+        lines = [f"| read from | {' | '.join(attributes)} |", "|---|" + "---|" * len(attributes)]
+        for reader, scores in self.accuracy.items():
+            lines.append(f"| {reader} | " + " | ".join(f"{scores[a]:.0%}" for a in attributes) + " |")
+        lines.append("| chance | " + " | ".join(f"{self.chance[a]:.0%}" for a in attributes) + " |")
+        return "\n".join(lines)
+
+
+def attribute_pictures(rng: np.random.Generator, attribute: str, n: int, size: int) -> tuple[list[Image], np.ndarray]:
+    """``n`` pictures at ``size`` px with the index of their ``attribute`` value (a lone object of any
+    colour and shape in any cell, or 1-4 objects for ``count``), drawn at twice the size and reduced."""
+    images, labels = [], []
+    for _ in range(n):
+        if attribute == "count":
+            count = str(rng.choice(COUNT_WORDS))
+            scene, value = draw_scene(rng, count=count), count
+        else:
+            scene = draw_scene(rng, position=str(rng.choice(POSITIONS)))
+            obj = scene.objects[0]
+            value = {"colour": obj.colour, "shape": obj.shape, "position": obj.position}[attribute]
+        picture = render_scene(scene, size=2 * size).pixels.resize((size, size), PILImage.BOX)
+        images.append(Image(picture).with_detail("high"))  # its own size's grid, without the "auto" search
+        labels.append(ATTRIBUTES[attribute].index(value))
+    return images, np.array(labels)
+
+
+def probe_perception(
+    tokenizer: DocumentTokenizer,
+    model: torch.nn.Module | None = None,
+    settings: PerceptionSettings | None = None,
+    *,
+    say: Callable[[str], None] | None = None,
+) -> PerceptionReport:
+    """Fit and score a linear probe per reader and attribute (see the module's docstring). Without a
+    ``model`` only the tokenizer's readers are probed."""
+    settings = settings or PerceptionSettings()
+    image_tokenizer = tokenizer.tokenizer("image")
+    accuracy: dict[str, dict[str, float]] = {}
+    grid = (0, 0)
+    for k, attribute in enumerate(settings.attributes):
+        rng = np.random.default_rng([settings.seed, 11, k])
+        images, labels = attribute_pictures(rng, attribute, settings.examples + settings.held_out, settings.size)
+        spans = [image_tokenizer.encode(image) for image in images]
+        grid = (spans[0].layout.height, spans[0].layout.width)
+        if any((s.layout.height, s.layout.width) != grid for s in spans):
+            raise ConfigError("the pictures were given different grids; probe one picture size at a time")
+        for reader, features in _features(images, spans, tokenizer, model, settings.size):
+            score = _fit_and_score(features, labels, settings.examples, settings.probe, settings.seed)
+            accuracy.setdefault(reader, {})[attribute] = score
+            if say is not None:
+                say(f"{attribute:>8} from {reader:<13} {score:6.1%}")
+    chance = {a: 1 / len(ATTRIBUTES[a]) for a in settings.attributes}
+    return PerceptionReport(accuracy, chance, settings, grid)
+
+
+def _features(images: Sequence[Image], spans: Sequence, tokenizer: DocumentTokenizer, model: torch.nn.Module | None,
+              size: int) -> Iterator[tuple[str, np.ndarray]]:  # fmt: skip
+    """(reader, ``[N, F]`` features: an array, or a sparse matrix for the one-hot codes) along the path."""
+    image_tokenizer = tokenizer.tokenizer("image")
+    yield "pixels", _pixels(images, size)
+    yield "decoded", _pixels([image_tokenizer.decode(span) for span in spans], size)
+    codes = torch.stack([span.ids for span in spans])  # [N, cells], the tokenizer's own code numbers
+    n, cells = codes.shape
+    columns = (codes + torch.arange(cells) * image_tokenizer.vocab_size).ravel().numpy()
+    rows = np.repeat(np.arange(n), cells)
+    yield "codes", sparse.csr_matrix((np.ones(n * cells, np.float32), (rows, columns)),
+                                     shape=(n, cells * image_tokenizer.vocab_size))  # fmt: skip
+    if hasattr(image_tokenizer, "code_latents"):  # a neural tokenizer (the built-in ones)
+        yield "code_latents", image_tokenizer.code_latents()[codes].flatten(1).numpy()
+    if model is not None:
+        yield from _model_features(images, model, tokenizer)
+
+
+@torch.no_grad()
+def _model_features(images: Sequence[Image], model: torch.nn.Module, tokenizer: DocumentTokenizer,
+                    batch_size: int = 64) -> Iterator[tuple[str, np.ndarray]]:  # fmt: skip
+    """The model's embedding of each code and its hidden state there after every block, each picture
+    read alone as a document that holds only it."""
+    if not hasattr(model, "layers") or not hasattr(model, "embed"):
+        raise ConfigError("probing a model's hidden states needs an early-fusion model (embed + layers)")
+    image_ids = tokenizer.vocab.range("image")
+    captured: dict[str, list[torch.Tensor]] = {}
+    names = ["embeddings", *(f"block {i + 1}" for i in range(len(model.layers)))]
+    modules = [model.embed, *model.layers]
+    for start in range(0, len(images), batch_size):
+        sequences = [tokenizer.encode(Document.of(image)) for image in images[start : start + batch_size]]
+        ids = torch.stack([s.ids for s in sequences])  # one picture size: every row is as long
+        codes = (ids >= image_ids.start) & (ids < image_ids.stop)
+        outputs: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out, kept=outputs: kept.append(out)) for m in modules]
+        try:
+            model(ids, torch.stack([s.positions for s in sequences]), torch.stack([s.modality for s in sequences]))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for name, out in zip(names, outputs, strict=True):
+            out = out[0] if isinstance(out, tuple) else out
+            captured.setdefault(name, []).append(out[codes].view(len(ids), -1, out.shape[-1]).flatten(1).float())
+    for name in names:
+        yield name, torch.cat(captured[name]).numpy()
+
+
+def _pixels(images: Sequence[Image], size: int) -> np.ndarray:
+    return np.stack([np.asarray(image.pixels.convert("RGB").resize((size, size), PILImage.BOX), np.float32).ravel()
+                     / 255.0 for image in images])  # fmt: skip
+
+
+def _fit_and_score(features: np.ndarray | sparse.csr_matrix, labels: np.ndarray, n_train: int, kind: str,
+                   seed: int) -> float:  # fmt: skip
+    """Held-out accuracy of a probe fit on the first ``n_train`` rows: a multinomial logistic regression
+    (``linear``) or a one-hidden-layer perceptron (``mlp``) on standardised features."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # one-hot codes stay sparse and unscaled; dense features are standardised per column
+    scaler = StandardScaler(with_mean=not sparse.issparse(features))
+    if kind == "linear":
+        head = LogisticRegression(C=0.1, max_iter=500, tol=1e-3)
+    else:
+        head = MLPClassifier((256,), alpha=1e-3, max_iter=300, early_stopping=True, random_state=seed)
+    probe = make_pipeline(scaler, head)
+    with warnings.catch_warnings():  # a probe stopped at max_iter still gives its held-out figure
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(features[:n_train], labels[:n_train])
+    return float(probe.score(features[n_train:], labels[n_train:]))

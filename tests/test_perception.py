@@ -1,0 +1,99 @@
+"""The perception probes: pictures with known attributes, features along the image path, probes per step."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from figures import above
+from polymodal.cli import app
+from polymodal.content import Document
+from polymodal.data.shapes.world import POSITIONS
+from polymodal.errors import ConfigError
+from polymodal.eval.attributes import ATTRIBUTES
+from polymodal.eval.perception import PerceptionSettings, _features, attribute_pictures, probe_perception
+from polymodal.model import Transformer, preset
+from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.presets import default_vocabulary_dir
+
+
+@pytest.fixture(scope="module")
+def codec() -> DocumentTokenizer:
+    return DocumentTokenizer.load(default_vocabulary_dir())
+
+
+@pytest.fixture(scope="module")
+def model(codec) -> Transformer:  # noqa: ANN001
+    torch.manual_seed(0)
+    return Transformer(preset("debug", codec.vocab.size)).eval()
+
+
+def test_pictures_are_seeded_and_labelled_by_their_scene():
+    images, labels = attribute_pictures(np.random.default_rng(4), "position", 30, 32)
+    again, same = attribute_pictures(np.random.default_rng(4), "position", 30, 32)
+    assert [i.to_png_bytes() for i in images] == [i.to_png_bytes() for i in again] and (labels == same).all()
+    assert all(image.size == (32, 32) for image in images) and set(labels) <= set(range(len(POSITIONS)))
+    for image, label in zip(images, labels, strict=True):  # the object sits in the labelled third of the picture
+        pixels = np.asarray(image.pixels.convert("RGB"), np.float32)
+        away = np.abs(pixels - np.median(pixels.reshape(-1, 3), axis=0)).max(axis=-1) > 20  # not the background
+        row, col = divmod(int(label), 3)
+        assert away[row * 10 + 2 : row * 10 + 9, col * 10 + 2 : col * 10 + 9].any()
+
+
+def test_features_follow_the_path_and_the_model_reads_its_own_embeddings(codec, model):
+    images, _ = attribute_pictures(np.random.default_rng(1), "colour", 6, 32)
+    spans = [codec.tokenizer("image").encode(image) for image in images]
+    features = dict(_features(images, spans, codec, model, 32))
+    blocks = [f"block {i + 1}" for i in range(len(model.layers))]
+    assert list(features) == ["pixels", "decoded", "codes", "code_latents", "embeddings", *blocks]
+    cells = len(spans[0])
+    assert features["pixels"].shape == (6, 32 * 32 * 3) and features["decoded"].shape == (6, 32 * 32 * 3)
+    assert (features["codes"].sum(axis=1) == cells).all() and features["codes"].shape[1] == cells * 1000
+    assert features["code_latents"].shape == (6, cells * codec.tokenizer("image").code_latents().shape[1])
+    seq = codec.encode(Document.of(images[2]))
+    at_codes = seq.ids[seq.ids >= codec.vocab.range("image").start]
+    at_codes = at_codes[at_codes < codec.vocab.range("image").stop]
+    expected = model.embed.weight[at_codes].detach().flatten().numpy()
+    np.testing.assert_allclose(features["embeddings"][2], expected)  # the hook caught the codes' embeddings
+    for name in blocks:
+        assert features[name].shape == (6, cells * model.config.dim) and np.isfinite(features[name]).all()
+    assert not np.allclose(features["block 1"], features["embeddings"])
+
+
+def test_probes_read_position_from_the_pixels_and_report_every_step(codec, model):
+    settings = PerceptionSettings(examples=120, held_out=80, attributes=("position",))
+    report = probe_perception(codec, model, settings)
+    assert list(report.accuracy)[:4] == ["pixels", "decoded", "codes", "code_latents"] and report.grid == (4, 4)
+    assert report.chance == {"position": 1 / 9}
+    # reached 0.50 (4.5x chance) on 2 cores and on 1 thread; bar 3x chance (0.33): a 17-point margin
+    above("position read linearly from 32 px pixels / chance", report.accuracy["pixels"]["position"] * 9, 3.0)
+    saved = json.loads(report.to_json())
+    assert saved["accuracy"] == report.accuracy and saved["settings"]["examples"] == 120
+    table = report.format().splitlines()
+    assert table[0] == "| read from | position |" and table[-1] == "| chance | 11% |"
+    assert len(table) == 2 + len(report.accuracy) + 1
+
+
+def test_bad_settings_are_refused_by_name():
+    with pytest.raises(ConfigError, match="unknown attributes \\['size'\\]"):
+        PerceptionSettings(attributes=("colour", "size"))
+    with pytest.raises(ConfigError, match="probe must be one of linear, mlp"):
+        PerceptionSettings(probe="svm")
+    with pytest.raises(ConfigError, match="at least 20 training"):
+        PerceptionSettings(examples=5)
+    assert set(PerceptionSettings().attributes) == set(ATTRIBUTES)
+
+
+def test_the_command_probes_a_vocabulary_and_writes_json(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "perception.json"
+    result = runner.invoke(app, ["eval", "perception", "--vocab", str(default_vocabulary_dir()), "--examples", "40",
+                                 "--held-out", "20", "--json", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert list(saved["accuracy"]) == ["pixels", "decoded", "codes", "code_latents"]
+    assert set(saved["accuracy"]["codes"]) == set(ATTRIBUTES) and "| code_latents |" in result.output
+    neither = runner.invoke(app, ["eval", "perception"])
+    assert neither.exit_code == 2 and "give a run folder or --vocab" in neither.output
