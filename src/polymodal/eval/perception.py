@@ -1,8 +1,8 @@
 """Where perception is lost: linear probes on what each step of the image path holds about a picture.
 
 A picture reaches the model's answer through a chain: pixels → the image tokenizer's codes → the
-model's embedding of each code → its hidden states, block after block. A linear probe (multinomial
-logistic regression, scikit-learn) trained on one step's features and scored on held-out pictures
+model's embedding of each code → its hidden states, block after block. A linear probe (ridge
+regression onto the labels, scikit-learn) trained on one step's features and scored on held-out pictures
 says how readable an attribute — ``colour``, ``shape``, ``position`` (3×3 cell) or ``count`` (1–4) —
 still is there. Where the figure drops, the information was lost, or kept in a form no simple reader
 can use; where it is high but the model's answers are at chance, the model does not use it.
@@ -34,13 +34,16 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 from scipy import sparse
+from sklearn.exceptions import ConvergenceWarning
 
 from polymodal.content import Document, Image
 from polymodal.data.shapes.render import render_scene
 from polymodal.data.shapes.world import POSITIONS
 from polymodal.errors import ConfigError
 from polymodal.eval.attributes import ATTRIBUTES, COUNT_WORDS, draw_scene
+from polymodal.tokenizers.base import Grid, TokenSpan
 from polymodal.tokenizers.document import DocumentTokenizer
+from polymodal.tokenizers.image import ImageTokenizer, to_image, to_tensor
 
 PROBES = ("linear", "mlp")
 
@@ -128,10 +131,8 @@ def probe_perception(
     for k, attribute in enumerate(settings.attributes):
         rng = np.random.default_rng([settings.seed, 11, k])
         images, labels = attribute_pictures(rng, attribute, settings.examples + settings.held_out, settings.size)
-        spans = [image_tokenizer.encode(image) for image in images]
+        spans = _encode_all(image_tokenizer, images)
         grid = (spans[0].layout.height, spans[0].layout.width)
-        if any((s.layout.height, s.layout.width) != grid for s in spans):
-            raise ConfigError("the pictures were given different grids; probe one picture size at a time")
         for reader, features in _features(images, spans, tokenizer, model, settings.size):
             score = _fit_and_score(features, labels, settings.examples, settings.probe, settings.seed)
             accuracy.setdefault(reader, {})[attribute] = score
@@ -146,7 +147,7 @@ def _features(images: Sequence[Image], spans: Sequence, tokenizer: DocumentToken
     """(reader, ``[N, F]`` features: an array, or a sparse matrix for the one-hot codes) along the path."""
     image_tokenizer = tokenizer.tokenizer("image")
     yield "pixels", _pixels(images, size)
-    yield "decoded", _pixels([image_tokenizer.decode(span) for span in spans], size)
+    yield "decoded", _pixels(_decode_all(image_tokenizer, spans), size)
     codes = torch.stack([span.ids for span in spans])  # [N, cells], the tokenizer's own code numbers
     n, cells = codes.shape
     columns = (codes + torch.arange(cells) * image_tokenizer.vocab_size).ravel().numpy()
@@ -156,36 +157,69 @@ def _features(images: Sequence[Image], spans: Sequence, tokenizer: DocumentToken
     if hasattr(image_tokenizer, "code_latents"):  # a neural tokenizer (the built-in ones)
         yield "code_latents", image_tokenizer.code_latents()[codes].flatten(1).numpy()
     if model is not None:
-        yield from _model_features(images, model, tokenizer)
+        yield from _model_features(images[0], codes, model, tokenizer)
 
 
 @torch.no_grad()
-def _model_features(images: Sequence[Image], model: torch.nn.Module, tokenizer: DocumentTokenizer,
+def _model_features(first: Image, codes: torch.Tensor, model: torch.nn.Module, tokenizer: DocumentTokenizer,
                     batch_size: int = 64) -> Iterator[tuple[str, np.ndarray]]:  # fmt: skip
     """The model's embedding of each code and its hidden state there after every block, each picture
-    read alone as a document that holds only it."""
+    read alone as a document that holds only it (``codes [N, cells]``: the pictures' codes, one grid)."""
     if not hasattr(model, "layers") or not hasattr(model, "embed"):
         raise ConfigError("probing a model's hidden states needs an early-fusion model (embed + layers)")
+    # one grid: every picture's document is the first one's, with its own codes in the same places
+    template = tokenizer.encode(Document.of(first))
     image_ids = tokenizer.vocab.range("image")
+    at_codes = (template.ids >= image_ids.start) & (template.ids < image_ids.stop)
+    if int(at_codes.sum()) != codes.shape[1]:
+        raise ConfigError("could not find the picture's codes in its document")
     captured: dict[str, list[torch.Tensor]] = {}
     names = ["embeddings", *(f"block {i + 1}" for i in range(len(model.layers)))]
     modules = [model.embed, *model.layers]
-    for start in range(0, len(images), batch_size):
-        sequences = [tokenizer.encode(Document.of(image)) for image in images[start : start + batch_size]]
-        ids = torch.stack([s.ids for s in sequences])  # one picture size: every row is as long
-        codes = (ids >= image_ids.start) & (ids < image_ids.stop)
+    for start in range(0, len(codes), batch_size):
+        chunk = codes[start : start + batch_size]
+        ids = template.ids.repeat(len(chunk), 1)
+        ids[:, at_codes] = tokenizer.vocab.to_global("image", chunk)
         outputs: list[torch.Tensor] = []
         hooks = [m.register_forward_hook(lambda _m, _i, out, kept=outputs: kept.append(out)) for m in modules]
         try:
-            model(ids, torch.stack([s.positions for s in sequences]), torch.stack([s.modality for s in sequences]))
+            model(ids, template.positions.expand(len(chunk), -1, -1), template.modality.expand(len(chunk), -1))
         finally:
             for hook in hooks:
                 hook.remove()
         for name, out in zip(names, outputs, strict=True):
             out = out[0] if isinstance(out, tuple) else out
-            captured.setdefault(name, []).append(out[codes].view(len(ids), -1, out.shape[-1]).flatten(1).float())
+            captured.setdefault(name, []).append(out[:, at_codes].flatten(1).float())
     for name in names:
         yield name, torch.cat(captured[name]).numpy()
+
+
+@torch.no_grad()
+def _encode_all(image_tokenizer, images: Sequence[Image]) -> list[TokenSpan]:  # noqa: ANN001
+    """Every picture's codes, in batches through a neural tokenizer's encoder (one at a time otherwise)."""
+    if not isinstance(image_tokenizer, ImageTokenizer):
+        spans = [image_tokenizer.encode(image) for image in images]
+    else:
+        side = image_tokenizer.bucket(images[0], images[0].detail or "auto")
+        spans = []
+        for start in range(0, len(images), 128):
+            batch = torch.stack([to_tensor(image, side) for image in images[start : start + 128]])
+            codes = image_tokenizer.model.encode(batch.to(image_tokenizer.device)).cpu()
+            spans += [TokenSpan("image", c.reshape(-1), Grid(*c.shape)) for c in codes]
+    if len({(s.layout.height, s.layout.width) for s in spans}) > 1:
+        raise ConfigError("the pictures were given different grids; probe one picture size at a time")
+    return spans
+
+
+@torch.no_grad()
+def _decode_all(image_tokenizer, spans: Sequence[TokenSpan]) -> list[Image]:  # noqa: ANN001
+    if not isinstance(image_tokenizer, ImageTokenizer):
+        return [image_tokenizer.decode(span) for span in spans]
+    h, w = spans[0].layout.height, spans[0].layout.width
+    codes = torch.stack([span.ids.reshape(h, w) for span in spans])
+    pixels = torch.cat([image_tokenizer.model.decode(codes[k : k + 128].to(image_tokenizer.device)).cpu()
+                        for k in range(0, len(codes), 128)])  # fmt: skip
+    return [to_image(p) for p in pixels]
 
 
 def _pixels(images: Sequence[Image], size: int) -> np.ndarray:
@@ -195,10 +229,10 @@ def _pixels(images: Sequence[Image], size: int) -> np.ndarray:
 
 def _fit_and_score(features: np.ndarray | sparse.csr_matrix, labels: np.ndarray, n_train: int, kind: str,
                    seed: int) -> float:  # fmt: skip
-    """Held-out accuracy of a probe fit on the first ``n_train`` rows: a multinomial logistic regression
-    (``linear``) or a one-hidden-layer perceptron (``mlp``) on standardised features."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
+    """Held-out accuracy of a probe fit on the first ``n_train`` rows, on standardised features: ridge
+    regression onto the one-hot labels (``linear``; its penalty picked by leave-one-out on the training
+    rows, a closed form: the same figure on any machine) or a one-hidden-layer perceptron (``mlp``)."""
+    from sklearn.linear_model import RidgeClassifierCV
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -206,11 +240,11 @@ def _fit_and_score(features: np.ndarray | sparse.csr_matrix, labels: np.ndarray,
     # one-hot codes stay sparse and unscaled; dense features are standardised per column
     scaler = StandardScaler(with_mean=not sparse.issparse(features))
     if kind == "linear":
-        head = LogisticRegression(C=0.1, max_iter=500, tol=1e-3)
+        head = RidgeClassifierCV(alphas=np.logspace(-1, 4, 6))
     else:
         head = MLPClassifier((256,), alpha=1e-3, max_iter=300, early_stopping=True, random_state=seed)
     probe = make_pipeline(scaler, head)
-    with warnings.catch_warnings():  # a probe stopped at max_iter still gives its held-out figure
+    with warnings.catch_warnings():  # an MLP stopped at max_iter still gives its held-out figure
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(features[:n_train], labels[:n_train])
     return float(probe.score(features[n_train:], labels[n_train:]))
