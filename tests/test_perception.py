@@ -103,5 +103,5 @@ def test_the_command_probes_a_vocabulary_and_writes_json(tmp_path):
     saved = json.loads(out.read_text())
     assert list(saved["accuracy"]) == ["pixels", "decoded", "codes", "code_latents"]
     assert set(saved["accuracy"]["codes"]) == set(ATTRIBUTES) and "| code_latents |" in result.output
-    neither = runner.invoke(app, ["eval", "perception"])
-    assert neither.exit_code == 2 and "give a run folder or --vocab" in neither.output
+    both = runner.invoke(app, ["eval", "perception", str(tmp_path), "--vocab", str(default_vocabulary_dir())])
+    assert both.exit_code == 2 and "not both" in both.output

@@ -160,7 +160,10 @@ def perception_cmd(
         Path | None, typer.Argument(help="A run folder: its tokenizer's codes and its model's hidden states.")
     ] = None,
     vocab: Annotated[
-        Path | None, typer.Option(help="Probe only a vocabulary's image tokenizer (no model), instead of a run.")
+        Path | None,
+        typer.Option(
+            help="Probe only this vocabulary's image tokenizer (no model); without RUN_DIR: the built-in one."
+        ),
     ] = None,
     examples: Annotated[int, typer.Option(help="Training pictures per attribute.", min=20)] = 1000,
     held_out: Annotated[int, typer.Option(help="Scored pictures per attribute.", min=20)] = 500,
@@ -175,16 +178,17 @@ def perception_cmd(
     from polymodal.files import write_text_atomic
     from polymodal.run import Run
     from polymodal.tokenizers.document import DocumentTokenizer
+    from polymodal.tokenizers.presets import default_vocabulary_dir
 
-    if (run_dir is None) == (vocab is None):
-        _fail(PolymodalError("give a run folder or --vocab DIR (one of them)"))
+    if run_dir is not None and vocab is not None:
+        _fail(PolymodalError("give a run folder or --vocab DIR, not both (a run holds its own vocabulary)"))
     try:
         settings = PerceptionSettings(examples=examples, held_out=held_out, size=size, seed=seed, probe=probe)
         if run_dir is not None:
             run = Run.load(run_dir)
             tokenizer, model = run.tokenizer, run.model.eval()
         else:
-            tokenizer, model = DocumentTokenizer.load(vocab), None
+            tokenizer, model = DocumentTokenizer.load(vocab or default_vocabulary_dir()), None
         start = time.perf_counter()
         report = probe_perception(tokenizer, model, settings, say=lambda line: typer.echo(line, err=True))
     except PolymodalError as exc:
