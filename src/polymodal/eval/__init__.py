@@ -9,6 +9,8 @@
   :class:`~polymodal.eval.runner.Responder`) on a suite. Import it from its module: it loads torch,
   which the suite writer's worker processes never need.
 - :mod:`~polymodal.eval.report`: the report, written as JSON, Markdown and the raw answers.
+- :mod:`~polymodal.eval.perception`: linear/MLP probes of what each step of the image path (pixels,
+  codes, embeddings, blocks) holds about a picture (import it from its module: it loads torch).
 - :mod:`~polymodal.eval.cli`: the ``polymodal eval`` commands (the library never imports it).
 """
 
