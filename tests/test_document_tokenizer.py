@@ -5,7 +5,7 @@ from PIL import Image as PILImage
 
 import toys
 from polymodal import vocab as V
-from polymodal.content import Audio, Document, Image, Text, Video, VideoFrame
+from polymodal.content import Audio, Document, Image, Message, Text, Video, VideoFrame
 from polymodal.errors import ConfigError, PolymodalError, SequenceTooLongError, TokenizerNotAvailableError
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.sequence import pad_batch
@@ -80,6 +80,22 @@ def test_chat_template_weights_only_assistant(codec):
     # the assistant's text and its <|end|> (and the closing <|eos|>) carry the loss, nothing else
     assert weighted == list(range(start + 1, len(seq)))
     assert names.index(V.SYSTEM) == 1 and V.USER in names
+
+
+def test_a_message_that_does_not_learn_is_context(codec):
+    """``Message.learn=False``: a caption's picture is read, not trained; the ids are those of the plain
+    document, only the loss moves to the caption (and the closing <|eos|>)."""
+    plain = Document.of(red_image(), "a red square")
+    context = Document((Message(None, (red_image(),), learn=False), Message(None, ("a red square",))))
+    seq, ctx = codec.encode(plain), codec.encode(context)
+    assert torch.equal(seq.ids, ctx.ids) and torch.equal(seq.positions, ctx.positions)
+    names = token_names(codec, ctx)
+    caption = names.index(V.IMAGE_END) + 1
+    assert ctx.loss_weight[:caption].eq(0).all() and ctx.loss_weight[caption:].eq(1).all()
+    # in a chat, learn=True trains a user turn too (its text and <|end|>; role tokens never)
+    chat = codec.encode(Document((Message("user", ("hi",), learn=True), Message("assistant", ("hello",)))))
+    untrained = {n for n, w in zip(token_names(codec, chat), chat.loss_weight.tolist(), strict=True) if w == 0}
+    assert untrained == {V.BOS, V.USER, V.ASSISTANT}
 
 
 def test_generation_prompt(codec):

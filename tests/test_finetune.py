@@ -15,6 +15,7 @@ from polymodal.content import Audio
 from polymodal.errors import ConfigError
 from polymodal.eval.regression import check_finetune
 from polymodal.model import Transformer, preset
+from polymodal.data.tokenized import TokenizedDataset
 from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.text import TextTokenizer
@@ -57,6 +58,25 @@ def test_lora_finetune_adds_the_data_direction_and_leaves_the_base_alone(base, t
     changed = [k for k, v in run.model.state_dict().items() if not torch.equal(v, original[k])]
     assert changed and all(k.split(".")[-2] in ("wq", "wk", "wv", "wo", "w1", "w2", "w3") for k in changed)
     assert any("image_captions: 4 documents" in line for line in said)
+
+
+@pytest.mark.parametrize("learn", ["target", "all"])
+def test_a_captions_folder_trains_the_captions_unless_told_all(base, tmp_path, learn):
+    """The tokenized data says what trains: the caption (and <|eos|>) by default, every token after
+    <|bos|> with learn="all"."""
+    config = FinetuneConfig(steps=2, batch_size=2, seq_len=64, learn=learn)
+    finetune(base, [captions_folder(tmp_path / "mine")], tmp_path / "ft", config, progress=False, say=lambda _: None)
+    data = TokenizedDataset(tmp_path / "ft" / "data")
+    vocab = Run.load(base).tokenizer.vocab
+    for k in range(len(data)):
+        seq = data[k]
+        image = (seq.ids >= vocab.range("image").start) & (seq.ids < vocab.range("image").stop)
+        text = (seq.ids >= vocab.range("text").start) & (seq.ids < vocab.range("text").stop)
+        assert image.any() and text.any()
+        assert seq.loss_weight[text].eq(1).all()
+        assert seq.loss_weight[image].eq(1 if learn == "all" else 0).all()
+    with pytest.raises(ConfigError, match="learn must be one of target, all"):
+        FinetuneConfig(learn="media")
 
 
 def test_a_bad_data_folder_fails_before_any_work(base, tmp_path):

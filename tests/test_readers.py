@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from media_factory import SECOND_COLOURS, gradient_rgb, pick_codec, sine, write_audio, write_image, write_video
-from polymodal.content import Audio, Document, Image, MediaLimits, Text, Video, check_media_file
+from polymodal.content import Audio, Document, Image, MediaLimits, Message, Text, Video, check_media_file
 from polymodal.data.readers import (
     SourceSummary,
     check_source,
@@ -105,6 +105,31 @@ def test_text_to_image_and_chats(images):
     drawn = next(read_documents(images, direction="text->image", as_chat=True))
     assert drawn.messages[0].parts == (Text("a cat"),) and isinstance(drawn.messages[1].parts[0], Image)
     assert check_source(images, direction="text->image", as_chat=True).directions == ("text->image",)
+
+
+def test_caption_documents_train_their_target_unless_told_all(images, tmp_path):
+    """image->text: the picture is context, the caption the target; text->image the other way round;
+    learn="all" trains both (the plain document of old). The directions are the same either way."""
+    doc = next(read_documents(images))
+    assert [m.learn for m in doc.messages] == [False, None] and isinstance(doc.messages[0].parts[0], Image)
+    drawn = next(read_documents(images, direction="text->image"))
+    assert [m.learn for m in drawn.messages] == [False, None] and drawn.messages[1].parts[0].size == (20, 10)
+    both = next(read_documents(images, learn="all"))
+    assert both == Document.of(doc.parts[0], "a cat") and both.parts == doc.parts
+    assert check_source(images, learn="all").directions == check_source(images).directions == ("image->text",)
+    with pytest.raises(ConfigError, match="learn must be one of target, all"):
+        check_source(images, learn="media")
+    with pytest.raises(ConfigError, match="learn='all' is for plain caption documents"):
+        check_source(images, learn="all", as_chat=True)
+    # a documents JSONL says it per message, and a document saved with it reads back the same
+    path = jsonl(tmp_path / "docs.jsonl", doc.to_json(media_dir=tmp_path / "m", relative_to=tmp_path))
+    assert list(read_documents(path)) == [doc]
+    assert directions_of(Document((Message(None, ("a",), learn=False), Message(None, (doc.parts[0],))))) == (
+        "text->image",
+    )
+    bad = jsonl(tmp_path / "bad.jsonl", {"messages": [{"content": "x", "learn": "yes"}]})
+    with pytest.raises(ConfigError, match=r"messages\[0\].learn: expected true, false or null"):
+        check_source(bad)
 
 
 def test_audio_transcripts(tmp_path):

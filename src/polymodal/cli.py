@@ -257,14 +257,16 @@ def _train_media(module, tokenizer_cls, sources: list[Path], out: Path, preset: 
             if out.resolve() == init.resolve():
                 raise ConfigError(f"--out {out} is the tokenizer being adapted: write the adapted one elsewhere")
         config = start.config if start is not None else module.preset(preset)
-        training, held_out = data_fn(config)
+        training, held_out, *extra = data_fn(config)  # extra: keyword arguments of train (captions …)
         data = f"{len(sources)} paths" if sources else "shapes-world corpus (built in)"
+        if extra and extra[0].get("semantic"):
+            data += f", with their captions (semantic objective, weight {extra[0]['semantic']})"
         what = f"{adapt} of the {kind} tokenizer {init}" if start is not None else f"the {preset} {kind} tokenizer"
         typer.echo(f"training {what} on {data} for {train.steps} steps", err=True)
         if start is not None and held_out:
             before = {"path": str(init), "adapt": adapt, "held_out": start.held_out_figures(held_out)}
         tokenizer, result = tokenizer_cls.train(training, config=config, train=train, held_out=held_out,
-                                                init=start, adapt=adapt)  # fmt: skip
+                                                init=start, adapt=adapt, **(extra[0] if extra else {}))  # fmt: skip
     except (PolymodalError, FileNotFoundError, FloatingPointError) as exc:
         _fail(exc)
     tokenizer.save(out)
@@ -293,16 +295,27 @@ def train_image(
     ] = 4000,
     init: InitOption = None,
     adapt: AdaptOption = "all",
+    semantic: Annotated[
+        float,
+        typer.Option(help="Weight of the semantic objective beside reconstruction: the codes learn which words "
+                     "of their picture's caption they show (SOURCES: captions folders; else shapes world's "
+                     "captions). 0: reconstruction alone.", min=0.0),
+    ] = 0.0,  # fmt: skip
 ) -> None:
     """Train the image tokenizer (autoencoder + FSQ) and report held-out PSNR; with --init, continue
     training a tokenizer on new images (same vocabulary)."""
     from polymodal.tokenizers import image
-    from polymodal.tokenizers.recipes import image_data
+    from polymodal.tokenizers.recipes import captioned_image_data, image_data
 
     train = _train_config(steps, batch_size, lr, seed)
 
     def data(config):
-        return image_data(sources or [], side=config.buckets[-1], seed=seed, corpus_images=corpus_images)
+        side = config.buckets[-1]
+        if semantic > 0:
+            images, captions, held = captioned_image_data(sources or [], side=side, seed=seed,
+                                                          corpus_images=corpus_images)  # fmt: skip
+            return images, held, {"captions": captions, "semantic": semantic}
+        return image_data(sources or [], side=side, seed=seed, corpus_images=corpus_images)
 
     _train_media(image, image.ImageTokenizer, sources or [], out, preset, train, data, init, adapt)
 
@@ -827,6 +840,11 @@ def finetune_cmd(
     ] = None,
     direction: Annotated[str | None, typer.Option(help="Caption/transcript folders: e.g. text->image.")] = None,
     chat: Annotated[bool, typer.Option(help="Caption/transcript folders: as user/assistant chats.")] = False,
+    learn: Annotated[
+        str,
+        typer.Option(help="Caption/transcript folders: 'target' trains the output alone (the caption of an "
+                     "image->text folder), 'all' the media too."),
+    ] = "target",  # fmt: skip
     fps: Annotated[float | None, typer.Option(help="Video frames sampled per second.", min=0.01)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the adapters and the data order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tune in --out.")] = False,
@@ -851,7 +869,7 @@ def finetune_cmd(
     try:
         config = FinetuneConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_rank=lora_rank,
                                 lora_alpha=lora_alpha, lora_base=lora_base, freeze=tuple(freeze or ()),
-                                direction=direction, chat=chat, fps=fps, seed=seed)  # fmt: skip
+                                direction=direction, chat=chat, learn=learn, fps=fps, seed=seed)  # fmt: skip
         run = finetune(run_dir, data, out, config, resume=resume, progress=progress, say=typer.echo)
         if check not in (None, "none"):
             from polymodal.eval.regression import check_finetune

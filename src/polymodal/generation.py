@@ -568,12 +568,15 @@ def option_scores(run: Run, prompts: Sequence[Document], options: Sequence[Seque
     """For each prompt, the log-probability the run gives each of its options as the whole answer
     (answer tokens and ``<|end|>``), all options of all prompts in one batch: multiple choice scored
     by likelihood, as lm-evaluation-harness does. A chat prompt gets each option as the assistant's
-    turn; a plain document gets it as its continuation."""
+    turn; a plain document gets it as its continuation (after a space when the prompt ends in text,
+    directly after a picture or a sound, as a caption follows its picture)."""
 
     def answered(prompt: Document, option: str) -> Document:
         if prompt.is_chat:
             return Document([*prompt.messages, Message("assistant", (Text(option),))])
-        return Document.of(*prompt.parts, Text(" " + option))
+        last = prompt.parts[-1] if prompt.parts else None
+        spaced = isinstance(last, Text) and last.text and not last.text[-1].isspace()
+        return Document.of(*prompt.parts, Text(" " + option if spaced else option))
 
     chats = [answered(p, o) for p, opts in zip(prompts, options, strict=True) for o in opts]
     seqs = [run.tokenizer.encode(chat) for chat in chats]

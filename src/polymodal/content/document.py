@@ -44,14 +44,21 @@ def _as_part(part: Part | str) -> Part:
 
 @dataclass(frozen=True)
 class Message:
-    """Parts under one chat role, or under no role (``None``) in a plain document."""
+    """Parts under one chat role, or under no role (``None``) in a plain document.
+
+    ``learn``: whether a model trains on this message's tokens. ``None`` is the usual rule: every
+    token of a plain document, only what the assistant says in a chat. ``False`` makes a message
+    context only (a caption's picture when the caption is the target), ``True`` a target."""
 
     role: Role | None
     parts: tuple[Part, ...]
+    learn: bool | None = None
 
     def __post_init__(self) -> None:
         if self.role is not None and self.role not in _ROLES:
             raise ConfigError(f"unknown role {self.role!r}; expected one of {_ROLES} or None")
+        if self.learn is not None and not isinstance(self.learn, bool):
+            raise ConfigError(f"learn must be True, False or None, got {self.learn!r}")
         parts = self.parts
         if isinstance(parts, (str, *_PART_TYPES)):
             parts = (parts,)
@@ -153,11 +160,13 @@ class Document:
         built = []
         for i, message in enumerate(messages):
             where = f"messages[{i}]"
-            _expect_object(message, where, {"role", "content"}, required=("content",))
-            role = message.get("role")
+            _expect_object(message, where, {"role", "content", "learn"}, required=("content",))
+            role, learn = message.get("role"), message.get("learn")
             if role is not None and role not in _ROLES:
                 raise ConfigError(f"{where}.role: unknown role {role!r}; expected one of {_ROLES} or null")
-            built.append(Message(role, reader.content(message["content"], f"{where}.content")))
+            if learn is not None and not isinstance(learn, bool):
+                raise ConfigError(f"{where}.learn: expected true, false or null, got {learn!r}")
+            built.append(Message(role, reader.content(message["content"], f"{where}.content"), learn))
         return cls(tuple(built))
 
     @classmethod
@@ -205,7 +214,8 @@ class Document:
                     ]
                     audio = write(f"{stem}.wav", part.audio.to_wav_bytes()) if part.audio else None
                     content.append({"type": "video", "frames": frames, "audio": audio, "duration": part.duration})
-            messages.append({"role": message.role, "content": content})
+            learn = {} if message.learn is None else {"learn": message.learn}
+            messages.append({"role": message.role, "content": content, **learn})
         return {"messages": messages}
 
     def save(self, path: PathLike) -> None:

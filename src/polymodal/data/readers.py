@@ -11,7 +11,12 @@ Four formats (the ``kind`` of :func:`read_documents` and :func:`check_source`)::
 A captions or transcripts row names a media file relative to the index file's folder and its text:
 ``{"file": "cat.png", "text": "a cat"}`` per JSONL line, or a CSV with the header ``file,text``.
 A documents line is exactly what :meth:`Document.from_json <polymodal.content.Document.from_json>`
-reads, with media paths relative to the JSONL file's folder. ``kind="auto"`` tells them apart: a
+reads, with media paths relative to the JSONL file's folder.
+
+A caption document trains what its direction asks for: in ``image->text`` the caption is the
+target and the picture its context (no loss on the picture's codes, as instruction tuning puts
+none on the prompt); ``learn="all"`` also trains the input (the model learns to predict the
+pictures' codes too). ``kind="auto"`` tells them apart: a
 ``.jsonl`` file is documents; a folder with ``captions.*`` holds captions of whichever modality its
 rows name (by extension); a folder with ``transcripts.*`` holds audio.
 
@@ -41,6 +46,7 @@ from polymodal.content import (
     Document,
     Image,
     MediaLimits,
+    Message,
     Part,
     PathLike,
     Text,
@@ -64,7 +70,8 @@ _DIRECTIONS = {
     "audio": ("audio->text", "text->audio"),
     "video": ("video->text",),
 }
-_CAPTION_OPTIONS = ("direction", "as_chat", "instruction", "fps", "max_frames")
+_CAPTION_OPTIONS = ("direction", "as_chat", "instruction", "fps", "max_frames", "learn")
+LEARN = ("target", "all")  # what a caption document trains: its second part alone, or both
 _ALIASES = {"speech": "audio", "sound": "audio"}
 _PART_MODALITY = {Text: "text", Image: "image", Audio: "audio", Video: "video"}
 
@@ -90,11 +97,11 @@ class SourceSummary:
 def directions_of(document: Document) -> tuple[str, ...]:
     """The directions a document trains, sorted: ``"<inputs>-><output>"`` for every part the model
     learns to predict (every part after the first of a plain document, every assistant part of a
-    chat), the inputs being the modalities of everything before that part."""
+    chat, as each message's ``learn`` says), the inputs being the modalities of everything before it."""
     seen: set[str] = set()
     found: set[str] = set()
     for message in document.messages:
-        learned = message.role == "assistant" if document.is_chat else True
+        learned = message.learn if message.learn is not None else not document.is_chat or message.role == "assistant"
         for part in message.parts:
             modality = _PART_MODALITY[type(part)]
             if learned and seen:
@@ -115,6 +122,7 @@ def read_documents(
     instruction: str | None = None,
     fps: float | None = None,
     max_frames: int | None = None,
+    learn: str | None = None,
     limits: MediaLimits | None = None,
 ) -> Iterator[Document]:
     """Documents from a captions/transcripts folder or a documents JSONL file, decoded lazily.
@@ -124,7 +132,7 @@ def read_documents(
     (see :func:`read_image_captions`); ``fps`` and ``max_frames`` apply to videos only. Options
     that do not apply to the source are an error, never ignored.
     """
-    options = _Options(direction, as_chat, instruction, fps, max_frames, limits)
+    options = _Options(direction, as_chat, instruction, fps, max_frames, learn, limits)
     return _plan(Path(source), kind, options).documents()
 
 
@@ -137,6 +145,7 @@ def check_source(
     instruction: str | None = None,
     fps: float | None = None,
     max_frames: int | None = None,
+    learn: str | None = None,
     limits: MediaLimits | None = None,
 ) -> SourceSummary:
     """Check a source as :func:`read_documents` would read it, decoding nothing, and describe it.
@@ -147,7 +156,7 @@ def check_source(
     unknown or empty key or column, a row naming a missing media file, rows mixing modalities,
     an empty dataset, and options that do not fit the source.
     """
-    options = _Options(direction, as_chat, instruction, fps, max_frames, limits)
+    options = _Options(direction, as_chat, instruction, fps, max_frames, learn, limits)
     return _plan(Path(source), kind, options).summary
 
 
@@ -162,8 +171,8 @@ def read_image_captions(
     """Images and their captions: ``source`` is a folder holding ``captions.jsonl`` or
     ``captions.csv``, or such a file itself (any name).
 
-    Each row gives ``Document.of(image, caption)``; ``direction="text->image"`` puts the caption
-    first. ``as_chat=True`` gives a chat instead: the user sends the input (then ``instruction``,
+    Each row gives a plain document of the image, then its caption (the target: see the module
+    docstring for ``learn``); ``direction="text->image"`` puts the caption first. ``as_chat=True`` gives a chat instead: the user sends the input (then ``instruction``,
     if given), the assistant answers with the output.
     """
     return _plan(Path(source), "image_captions", _Options(direction, as_chat, instruction, limits=limits)).documents()
@@ -199,7 +208,7 @@ def read_video_captions(
     """Videos and their captions: a folder holding ``captions.jsonl`` or ``captions.csv``, or
     such a file itself. ``Document.of(video, caption)``, each video opened by
     :meth:`Video.open <polymodal.content.Video.open>` with ``fps`` and ``max_frames``."""
-    options = _Options(None, as_chat, instruction, fps, max_frames, limits)
+    options = _Options(None, as_chat, instruction, fps, max_frames, limits=limits)
     return _plan(Path(source), "video_captions", options).documents()
 
 
@@ -220,6 +229,7 @@ class _Options:
     instruction: str | None = None
     fps: float | None = None
     max_frames: int | None = None
+    learn: str | None = None  # None: "target"
     limits: MediaLimits | None = None
 
 
@@ -341,11 +351,16 @@ class _Layout:
     media_first: bool
     as_chat: bool
     instruction: str | None
+    learn_all: bool = False
 
     def document(self, media: Part, text: str) -> Document:
+        """A plain document (the input as context, the output as its target; ``learn="all"``: both
+        trained) or, ``as_chat``, a user turn and the assistant's answer."""
         given, wanted = (media, Text(text)) if self.media_first else (Text(text), media)
         if not self.as_chat:
-            return Document.of(given, wanted)
+            if self.learn_all:
+                return Document.of(given, wanted)
+            return Document((Message(None, (given,), learn=False), Message(None, (wanted,))))
         prompt = (given, Text(self.instruction)) if self.instruction is not None else (given,)
         return Document.chat(("user", prompt), ("assistant", wanted))
 
@@ -371,7 +386,12 @@ def _layout(modality: str, options: _Options) -> _Layout:
         raise ConfigError(f"fps must be a positive number, got {fps!r}")
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
         raise ConfigError(f"max_frames must be a positive int or None, got {max_frames!r}")
-    return _Layout(normal.startswith(modality), options.as_chat, options.instruction)
+    learn = "target" if options.learn is None else options.learn
+    if learn not in LEARN:
+        raise ConfigError(f"learn must be one of {', '.join(LEARN)}, got {learn!r}")
+    if learn == "all" and options.as_chat:
+        raise ConfigError("learn='all' is for plain caption documents; a chat trains what the assistant says")
+    return _Layout(normal.startswith(modality), options.as_chat, options.instruction, learn == "all")
 
 
 # -- captions and transcripts files -----------------------------------------------------------------

@@ -13,6 +13,8 @@ The steps (each a *reader*, in order):
 - ``decoded``: the picture decoded back from its codes (what survives the tokenizer);
 - ``codes``: the codes as one-hot vectors per grid cell (what the vocabulary ids carry);
 - ``code_latents``: the latent vector the tokenizer's decoder reads for each code (neural tokenizers);
+- ``code_appearance``: each code's own decoded patch (what ``media_embeddings = "appearance"`` starts
+  the model's embedding of a code from), cell by cell;
 - ``embeddings``: the model's input embedding of each code (with a model);
 - ``block N``: the model's hidden state at the codes after block N (with a model).
 
@@ -134,7 +136,7 @@ def probe_perception(
         spans = _encode_all(image_tokenizer, images)
         grid = (spans[0].layout.height, spans[0].layout.width)
         for reader, features in _features(images, spans, tokenizer, model, settings.size):
-            score = _fit_and_score(features, labels, settings.examples, settings.probe, settings.seed)
+            score = probe_accuracy(features, labels, settings.examples, settings.probe, settings.seed)
             accuracy.setdefault(reader, {})[attribute] = score
             if say is not None:
                 say(f"{attribute:>8} from {reader:<13} {score:6.1%}")
@@ -156,6 +158,7 @@ def _features(images: Sequence[Image], spans: Sequence, tokenizer: DocumentToken
                                      shape=(n, cells * image_tokenizer.vocab_size))  # fmt: skip
     if hasattr(image_tokenizer, "code_latents"):  # a neural tokenizer (the built-in ones)
         yield "code_latents", image_tokenizer.code_latents()[codes].flatten(1).numpy()
+        yield "code_appearance", image_tokenizer.code_appearance()[codes].flatten(1).numpy()
     if model is not None:
         yield from _model_features(images[0], codes, model, tokenizer)
 
@@ -227,7 +230,7 @@ def _pixels(images: Sequence[Image], size: int) -> np.ndarray:
                      / 255.0 for image in images])  # fmt: skip
 
 
-def _fit_and_score(features: np.ndarray | sparse.csr_matrix, labels: np.ndarray, n_train: int, kind: str,
+def probe_accuracy(features: np.ndarray | sparse.csr_matrix, labels: np.ndarray, n_train: int, kind: str,
                    seed: int) -> float:  # fmt: skip
     """Held-out accuracy of a probe fit on the first ``n_train`` rows, on standardised features: ridge
     regression onto the one-hot labels (``linear``; its penalty picked by leave-one-out on the training

@@ -205,6 +205,17 @@ class AudioTokenizer(NeuralTokenizer):
         wave = self.model.decode(span.ids.reshape(1, -1).to(self.device))[0].cpu()
         return Audio(wave.clamp(-1, 1).numpy(), SAMPLE_RATE)
 
+    @torch.no_grad()
+    def code_appearance(self) -> torch.Tensor:
+        """``[codes, n_mels]``: the log-mel spectrum of each code, decoded in a run of five of itself
+        (the middle token's frames, so that the decoder's context is the code alone)."""
+        n = self.vocab_size
+        codes = torch.arange(n, device=self.device).view(n, 1).expand(n, 5)
+        waves = torch.cat([self.model.decode(chunk) for chunk in codes.split(256)])
+        mel = self.model.features(waves)  # [n, M, 5 · stride]
+        s = self.config.stride
+        return mel[:, :, 2 * s : 3 * s].mean(-1).cpu()
+
     def stream(self, context: int | None = None) -> AudioStream:
         """An incremental decoder: codes go in as they are generated, samples come out in chunks."""
         return AudioStream(self, context)

@@ -4,7 +4,8 @@ The sequence layout of a document::
 
     <|bos|> text… <|image|> <|grid:8x8|> code×64 <|/image|> text… <|audio|> code… <|/audio|> <|eos|>
 
-and of a chat (loss weight 1 only on what the assistant says, its ``<|end|>`` included)::
+and of a chat (loss weight 1 only on what the assistant says, its ``<|end|>`` included; a message's
+``learn`` overrides either rule)::
 
     <|bos|> <|system|> … <|end|> <|user|> … <|end|> <|assistant|> … <|end|> <|eos|>
 
@@ -250,7 +251,8 @@ class DocumentTokenizer:
         return self._fit(seq, cut_ok, max_length, truncation)
 
     def _encode_message(self, builder: _Builder, message: Message, chat: bool) -> float:
-        weight = 1.0 if not chat or message.role == "assistant" else 0.0
+        learned = message.learn if message.learn is not None else not chat or message.role == "assistant"
+        weight = float(learned)
         if chat:
             builder.special(V.ROLE_TOKENS[message.role], 0.0)
         for part in message.parts:

@@ -30,6 +30,7 @@ from polymodal.errors import ConfigError
 from polymodal.tokenizers.base import Grid, TokenSpan
 from polymodal.tokenizers.neural import NeuralTokenizer, config_from_dict, cycle_examples
 from polymodal.tokenizers.quantizers import FSQuantizer
+from polymodal.tokenizers.semantic import CaptionWords, SemanticHead, semantic_loss
 from polymodal.tokenizers.training import TrainConfig, TrainResult, train_autoencoder
 
 Detail = Literal["low", "high", "auto"]
@@ -253,6 +254,15 @@ class ImageTokenizer(NeuralTokenizer):
         batch = torch.stack([to_tensor(im, side) for im in images])
         return batch, self.model(batch.to(self.device)).cpu()
 
+    @torch.no_grad()
+    def code_appearance(self) -> torch.Tensor:
+        """``[codes, 3·f·f]``: the pixels of each code's patch, decoded at the centre of a 3×3 grid of
+        that code alone (the decoder sees its neighbours, so a patch in a field of itself)."""
+        n, f = self.vocab_size, self.config.downsample
+        codes = torch.arange(n, device=self.device).view(n, 1, 1).expand(n, 3, 3)
+        pixels = torch.cat([self.model.decode(chunk) for chunk in codes.split(256)])
+        return pixels[:, :, f : 2 * f, f : 2 * f].reshape(n, -1).cpu()
+
     # -- training ---------------------------------------------------------------------------------
 
     @classmethod
@@ -265,25 +275,49 @@ class ImageTokenizer(NeuralTokenizer):
         held_out: Sequence[Image] = (),
         init: ImageTokenizer | None = None,
         adapt: str = "all",
+        captions: Sequence[str] | None = None,
+        semantic: float = 0.0,
     ) -> tuple[ImageTokenizer, TrainResult]:
         """Train on a stream of images (cycled if finite), reporting held-out PSNR at every bucket.
 
         With ``init``, continue training that tokenizer (its config, its vocabulary) on these images:
-        ``adapt`` is what trains (see :meth:`NeuralTokenizer.trainable_copy`)."""
+        ``adapt`` is what trains (see :meth:`NeuralTokenizer.trainable_copy`). With ``semantic`` > 0,
+        ``captions`` (one per image) add the semantic objective of :mod:`polymodal.tokenizers.semantic`
+        at that weight beside reconstruction: the codes learn to show which words their picture's
+        caption holds."""
         config = init.config if init is not None else preset(config) if isinstance(config, str) else config
         train = train or TrainConfig()
         torch.manual_seed(train.seed)  # the seed fixes the initial weights too
         model = init.trainable_copy(adapt) if init is not None else ImageAutoencoder(config)
-        batches = _batches(images, config, train.batch_size, seed=train.seed)
+        if semantic > 0:
+            if captions is None or not isinstance(images, Sequence) or len(captions) != len(images):
+                raise ConfigError("the semantic objective needs a list of images and one caption per image")
+            words = CaptionWords(captions)
+            net: nn.Module = _WithHead(model, SemanticHead(len(config.levels), len(words)))
+            batches = _captioned_batches(images, words.targets(captions), config, train.batch_size, seed=train.seed)
+        else:
+            net, batches = model, _batches(images, config, train.batch_size, seed=train.seed)
 
-        def loss_fn(net: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-            recon = net(batch)
-            mse = torch.mean((recon - batch) ** 2)
-            loss = torch.mean(torch.abs(recon - batch)) + mse
-            return loss, {"loss": loss.item(), "psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
+        def loss_fn(net: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:  # noqa: ANN001
+            pixels, targets = batch if isinstance(batch, tuple) else (batch, None)
+            autoencoder = net.autoencoder if isinstance(net, _WithHead) else net
+            latents = autoencoder.quantizer(autoencoder.encoder(pixels))[0]
+            recon = autoencoder._pixels(latents)
+            mse = torch.mean((recon - pixels) ** 2)
+            loss = torch.mean(torch.abs(recon - pixels)) + mse
+            figures = {"psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
+            if targets is not None:
+                words_loss = semantic_loss(net.head, latents, targets)
+                loss = loss + semantic * words_loss
+                figures["words"] = words_loss.item()
+            return loss, {"loss": loss.item(), **figures}
 
-        evaluate = (lambda net: evaluate_psnr(cls(config, net), held_out)) if held_out else None
-        result = train_autoencoder(model, batches, loss_fn, train, evaluate=evaluate, description="image tokenizer")
+        def unwrap(net: nn.Module) -> nn.Module:
+            return net.autoencoder if isinstance(net, _WithHead) else net
+
+        evaluate = (lambda net: evaluate_psnr(cls(config, unwrap(net)), held_out)) if held_out else None
+        result = train_autoencoder(net, batches, loss_fn, train, evaluate=evaluate, description="image tokenizer")
+        result.model = unwrap(result.model)
         return cls(config, result.model), result
 
     def held_out_figures(self, images: Sequence[Image]) -> dict[str, float]:
@@ -311,6 +345,26 @@ def evaluate_psnr(tokenizer: ImageTokenizer, images: Sequence[Image]) -> dict[st
         scores[f"blur_psnr@{side}"] = psnr(original, blur)
         scores[f"palette_psnr@{side}"] = psnr(original, flat)
     return scores
+
+
+class _WithHead(nn.Module):
+    """The autoencoder and the semantic head, trained together (only the autoencoder is kept)."""
+
+    def __init__(self, autoencoder: ImageAutoencoder, head: SemanticHead) -> None:
+        super().__init__()
+        self.autoencoder, self.head = autoencoder, head
+
+
+def _captioned_batches(
+    images: Sequence[Image], targets: torch.Tensor, config: ImageTokenizerConfig, batch_size: int, *, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (pixels, caption words) batches, each at one bucket size chosen at random."""
+    rng = np.random.default_rng(seed)
+    order = cycle_examples(range(len(images)), rng, "image")
+    while True:
+        side = int(rng.choice(config.buckets))
+        chosen = [next(order) for _ in range(batch_size)]
+        yield torch.stack([to_tensor(images[i], side) for i in chosen]), targets[chosen]
 
 
 def _batches(

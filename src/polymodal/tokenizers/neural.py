@@ -100,6 +100,13 @@ class NeuralTokenizer:
         n = self.vocab_size
         return self.model.quantizer.decode_codes(torch.arange(n, device=self.device).view(1, n))[0].T.cpu()
 
+    def code_appearance(self) -> torch.Tensor:
+        """``[codes, features]``: what each code looks or sounds like once decoded (pixels of its
+        patch, the spectrum of its frame). The FSQ latents order codes by a few scalar channels that
+        mix colour, edges and texture nonlinearly; this is the code as a reader of the picture or
+        the sound meets it, so codes of one colour or one timbre land close together."""
+        raise NotImplementedError(f"{type(self).__name__} does not say what its codes look like")
+
     def save(self, directory: str | os.PathLike) -> None:
         """Write the weights, then the config (each atomically); the config names the weights' shape."""
         directory = Path(directory)

@@ -65,6 +65,24 @@ def image_data(
     return train, list(iter_scene_images(seed, size=side, count=held_out, split="valid"))
 
 
+def captioned_image_data(
+    sources: Sequence[str | os.PathLike], *, side: int, seed: int, held_out: int = 64, corpus_images: int = 4000
+) -> tuple[list[Image], list[str], list[Image]]:
+    """(training images, their captions, held-out images): the rows of captions folders (see
+    :mod:`polymodal.data.readers`), or shapes-world scenes with their captions."""
+    if sources:
+        from polymodal.data.readers import read_image_captions
+
+        pairs = [(doc.parts[0], doc.parts[1].text) for source in sources for doc in read_image_captions(source)]
+        train, held = _split_held_out(pairs, held_out)
+        return [p[0] for p in train], [p[1] for p in train], [p[0] for p in held]
+    from polymodal.data.shapes import iter_captioned_scenes, iter_scene_images
+
+    pairs = list(itertools.islice(iter_captioned_scenes(seed, size=side, split="train"), corpus_images))
+    held = list(iter_scene_images(seed, size=side, count=held_out, split="valid"))
+    return [p[0] for p in pairs], [p[1] for p in pairs], held
+
+
 def audio_data(
     sources: Sequence[str | os.PathLike], *, seed: int, held_out: int = 24, corpus_clips: int = 2000
 ) -> tuple[Iterable[Audio], list[Audio]]:

@@ -52,7 +52,8 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: nn.Module  # the EMA weights, in eval mode
-    history: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
+    # one entry per evaluation: its held-out figures, and the mean training figures since the one before ("train_loss" …)
+    history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -79,6 +80,7 @@ def train_autoencoder(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     history: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}  # training figures since the last evaluation
     skipped = 0
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc=description, disable=not config.progress, dynamic_ncols=True)
@@ -101,11 +103,15 @@ def train_autoencoder(
             if skipped > max(10, config.steps // 20):
                 raise FloatingPointError(f"{description}: {skipped} steps had non-finite gradients; lower the lr")
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+        for k, v in metrics.items():
+            window.setdefault(k, []).append(v)
         last = step + 1 == config.steps
         if evaluate is not None and ((step + 1) % config.eval_every == 0 or last):
             ema.module.eval()
             with torch.no_grad():
                 scores = {"step": float(step + 1), **evaluate(ema.module)}
+            scores.update({f"train_{k}": sum(v) / len(v) for k, v in window.items()})
+            window.clear()
             history.append(scores)
             bar.write(
                 f"{description} step {step + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if k != "step")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from polymodal.content import Document
-from polymodal.data.readers import check_source, read_documents
+from polymodal.data.readers import LEARN, check_source, read_documents
 from polymodal.data.tokenized import META_FILENAME, TokenizedDataset, write_tokenized
 from polymodal.errors import ConfigError
 from polymodal.files import write_text_atomic
@@ -44,12 +44,15 @@ class FinetuneConfig:
     freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched (e.g. "embed", "layers.0")
     direction: str | None = None  # caption/transcript folders: e.g. text->image
     chat: bool = False  # caption/transcript folders: as user/assistant chats
+    learn: str = "target"  # caption/transcript folders: train the output alone ("target") or the media too ("all")
     fps: float | None = None  # videos
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.lora_base not in ("full", "int8"):
             raise ConfigError(f"lora_base must be 'full' or 'int8', got {self.lora_base!r}")
+        if self.learn not in LEARN:
+            raise ConfigError(f"learn must be one of {', '.join(LEARN)}, got {self.learn!r}")
         if self.lora_base == "int8" and not self.lora_rank:
             raise ConfigError("an int8 base is for LoRA: give a LoRA rank too (--lora-rank)")
 
@@ -59,7 +62,8 @@ class FinetuneConfig:
 
 
 def _options(config: FinetuneConfig) -> dict:
-    options = {"direction": config.direction, "as_chat": config.chat, "fps": config.fps}
+    options = {"direction": config.direction, "as_chat": config.chat, "fps": config.fps,
+               "learn": None if config.learn == "target" else config.learn}  # fmt: skip
     return {k: v for k, v in options.items() if v not in (None, False)}
 
 

@@ -170,13 +170,13 @@ def build_model(recipe: Recipe, vocab_size: int) -> Transformer | LateFusion:
 
 
 @torch.no_grad()
-def init_media_embeddings(model: nn.Module, tokenizer: DocumentTokenizer) -> list[str]:
+def init_media_embeddings(model: nn.Module, tokenizer: DocumentTokenizer, source: str = "appearance") -> list[str]:
     """Start each image/audio code's embedding (in every unified-vocabulary embedding of ``model``) as a
-    fixed random projection of the latent its tokenizer's decoder reads for it, plus a little noise, at
-    the scale the rows had. Codes that look or sound alike then start alike, so the model need not
-    learn a thousand codes one by one (in the quickstart it lifted the sound and video questions; the
-    model still does not read the colour of a 32-pixel picture). Returns the
-    modalities done: a tokenizer without code latents (a toy, a user's own) keeps its random rows."""
+    fixed random projection of what its tokenizer says about the code, plus a little noise, at the
+    scale the rows had: ``"appearance"``, the code decoded alone (its patch's pixels, its frame's
+    spectrum), or ``"codes"``, the latent vector its decoder reads. Codes that look or sound alike then
+    start alike, so the model need not learn a thousand codes one by one. Returns the modalities done: a
+    tokenizer that says neither (a toy, a user's own) keeps its random rows."""
     vocab, done = tokenizer.vocab, []
     embeddings = [getattr(m, "embed", None) for m in model.modules()]
     tables = [e.weight for e in embeddings if isinstance(e, nn.Embedding) and e.num_embeddings == vocab.size]
@@ -184,12 +184,15 @@ def init_media_embeddings(model: nn.Module, tokenizer: DocumentTokenizer) -> lis
         if not vocab.has_modality(modality):
             continue
         try:
-            latents = getattr(tokenizer.tokenizer(modality), "code_latents", None)
+            describe = getattr(tokenizer.tokenizer(modality), _CODE_FEATURES[source], None)
         except TokenizerNotAvailableError:
             continue
-        if latents is None:
+        if describe is None:
             continue
-        z = latents().float()
+        try:
+            z = describe().float()
+        except NotImplementedError:
+            continue
         z = (z - z.mean(0)) / z.std(0).clamp_min(1e-6)  # every channel counts alike
         rows = vocab.range(modality)
         for table in tables:
@@ -201,6 +204,9 @@ def init_media_embeddings(model: nn.Module, tokenizer: DocumentTokenizer) -> lis
             target.copy_(noisy * scale / math.sqrt(1 + 0.25**2))
         done.append(modality)
     return done
+
+
+_CODE_FEATURES = {"appearance": "code_appearance", "codes": "code_latents"}
 
 
 def apply_freeze(model: nn.Module, prefixes: Sequence[str]) -> None:
@@ -361,8 +367,8 @@ class Trainer:
     def fit(self) -> Run:
         torch.manual_seed(self.recipe.seed)
         model = build_model(self.recipe, self.vocab.size)
-        if self.recipe.media_embeddings == "codes" and self.init_run is None and not self.checkpoint:
-            init_media_embeddings(model, self.tokenizer)
+        if self.recipe.media_embeddings != "random" and self.init_run is None and not self.checkpoint:
+            init_media_embeddings(model, self.tokenizer, self.recipe.media_embeddings)
         if self.init_run is not None:  # loaded and checked once, in __init__
             model.load_state_dict(self.init_run.model.state_dict())
         if self.recipe.lora is not None:  # before a checkpoint is loaded: it holds the adapters

@@ -28,7 +28,7 @@ from polymodal.train.lora import LoRAConfig
 OBJECTIVES = ("next_token", "align")
 ARCHITECTURES = ("early", "late")
 PRECISIONS = ("auto", "fp32", "bf16")
-MEDIA_EMBEDDINGS = ("codes", "random")
+MEDIA_EMBEDDINGS = ("appearance", "codes", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,9 +94,10 @@ class Recipe:
     model_overrides: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"modality_experts": true}
     vocab: str | None = None  # a vocabulary folder (vocab.json + tokenizers/); None: the built-in one
     init: str | None = None  # a run folder whose weights start training (else random, seeded)
-    # How image/audio code embeddings start (without `init`): "codes" = a random projection of the latent
-    # the tokenizer's decoder reads for each code, so that codes alike start alike; "random" = N(0, 0.02).
-    media_embeddings: str = "codes"
+    # How image/audio code embeddings start (without `init`), so that codes alike start alike: a random
+    # projection of each code decoded alone ("appearance": its pixels, its spectrum) or of the latent its
+    # tokenizer's decoder reads ("codes"); "random" = N(0, 0.02).
+    media_embeddings: str = "appearance"
     seed: int = 0
     checkpoint_every: int = 100  # optimizer steps; checkpoints are also written at the end of each stage
     keep_checkpoints: int = 2

@@ -34,7 +34,7 @@ from polymodal.data.shapes.seeds import GENERATOR_VERSION, SPLITS, sample_rng
 from polymodal.data.shapes.shards import decode_sample, encode_sample, make_shapes, read_shards, read_texts
 from polymodal.data.shapes.sounds import SoundEvent, random_event, render_event
 from polymodal.data.shapes.speech import SpeechError, Voice, available_voices, random_voice, speak
-from polymodal.data.shapes.streams import iter_scene_images, iter_sound_clips
+from polymodal.data.shapes.streams import iter_captioned_scenes, iter_scene_images, iter_sound_clips
 from polymodal.data.shapes.video import VideoScene, encode_mp4, random_video_scene, render_video
 from polymodal.data.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Background, Scene, ShapeObject, random_scene
 
@@ -62,6 +62,7 @@ __all__ = [
     "decode_sample",
     "encode_mp4",
     "encode_sample",
+    "iter_captioned_scenes",
     "iter_scene_images",
     "iter_sound_clips",
     "list_kinds",

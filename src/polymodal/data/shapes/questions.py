@@ -100,19 +100,20 @@ def _shape(scene: Scene, rng: np.random.Generator) -> Question | None:
 
 
 def _count(scene: Scene, rng: np.random.Generator) -> Question:
-    pool = NUMBER_WORDS[:6]
-    roll = rng.random()
-    if roll < 0.3:
-        text, n = pick(rng, ("How many objects are there?", "How many shapes are in the picture?")), len(scene.objects)
-    elif roll < 0.8 or len(scene.objects) == 1:
-        # Mostly shapes that are present; sometimes one that is not (answer "zero").
-        present = sorted({o.shape for o in scene.objects})
-        shape = pick(rng, present) if rng.random() < 0.8 else pick(rng, SHAPES)
-        text, n = f"How many {plural(shape)} are there?", scene.count(shape=shape)
-    else:
-        colour = pick(rng, sorted({o.colour for o in scene.objects}))
-        text, n = f"How many {colour} shapes are there?", scene.count(colour=colour)
-    return multiple_choice(rng, text, NUMBER_WORDS[n], pool, "perception/count")
+    """How many objects, shapes of one kind or shapes of one colour. The answer is drawn first, uniformly
+    among the counts this scene can give, then a question with that answer: so the wording does not give
+    the answer away (drawn the other way round, with one or two objects "one" was right 88% of the time
+    without looking). The options are zero to three (counts up to four: the four up to the answer)."""
+    asks: dict[int, list[str]] = {}
+    for text in ("How many objects are there?", "How many shapes are in the picture?"):
+        asks.setdefault(len(scene.objects), []).append(text)
+    for shape in SHAPES:
+        asks.setdefault(scene.count(shape=shape), []).append(f"How many {plural(shape)} are there?")
+    for colour in COLOURS:
+        asks.setdefault(scene.count(colour=colour), []).append(f"How many {colour} shapes are there?")
+    n = pick(rng, sorted(asks))
+    pool = NUMBER_WORDS[max(0, n - 3) : max(4, n + 1)]
+    return multiple_choice(rng, pick(rng, asks[n]), NUMBER_WORDS[n], pool, "perception/count")
 
 
 def _position(scene: Scene, rng: np.random.Generator) -> Question | None:

@@ -1,4 +1,4 @@
-"""Endless, seeded streams of media for the tokenizer trainers: scene images and sound clips.
+"""Endless, seeded streams of media for the tokenizer trainers: scene images (captioned or not) and sound clips.
 
 No documents, no metadata, no files: just :class:`~polymodal.content.Image` s or 16 kHz mono
 :class:`~polymodal.content.Audio` s, item ``i`` drawn from its own generator (see
@@ -39,6 +39,18 @@ def iter_scene_images(seed: int, *, size: int = 64, count: int | None = None, sp
     check_split(split)
     for i in _indices(count):
         yield render_scene(random_scene(sample_rng(seed, split, "stream/scene_image", i)), size=size)
+
+
+def iter_captioned_scenes(
+    seed: int, *, size: int = 64, count: int | None = None, split: str = "train"
+) -> Iterator[tuple[Image, str]]:
+    """:func:`iter_scene_images`' pictures (the same, item for item) with a caption of each."""
+    seed, size = check_seed(seed), check_size(size)
+    check_split(split)
+    for i in _indices(count):
+        rng = sample_rng(seed, split, "stream/scene_image", i)
+        scene = random_scene(rng)
+        yield render_scene(scene, size=size), caption(scene, rng)
 
 
 def iter_sound_clips(
