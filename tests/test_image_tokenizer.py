@@ -222,12 +222,12 @@ def test_the_semantic_objective_makes_the_codes_name_what_the_caption_says(train
     names = [str(c) for c in rng.choice(list(DOT_COLOURS), 900)]
     images, captions = [dot(rng, c) for c in names], [f"a {c} dot on a light ground" for c in names]
     train, held = slice(0, 600), slice(600, 900)
-    config = TrainConfig(steps=150, batch_size=16, eval_every=150, progress=False)
+    config = TrainConfig(steps=300, batch_size=16, eval_every=300, progress=False)
     kept = images[held][:32]
     runs = {
         "plain": ImageTokenizer.train(images[train], train=config, init=tokenizer, held_out=kept),
         "semantic": ImageTokenizer.train(images[train], train=config, init=tokenizer, held_out=kept,
-                                         captions=captions[train], semantic=1.0),
+                                         captions=captions[train], semantic=5.0),
     }  # fmt: skip
     labels = np.array([list(DOT_COLOURS).index(c) for c in names])
     read = {}
@@ -238,8 +238,9 @@ def test_the_semantic_objective_makes_the_codes_name_what_the_caption_says(train
         read[name] = probe_accuracy(one_hot[300:], labels[300:], 400, "linear", 0)  # held-out pictures only
         assert set(tuned.model.state_dict()) == set(tokenizer.model.state_dict())  # the head is not kept
     assert "train_words" in runs["semantic"][1].history[-1] and "train_words" not in runs["plain"][1].history[-1]
-    # reached ?; bar ?
-    above("colour read from the codes, semantic − plain", read["semantic"] - read["plain"], 0.1)
-    above("PSNR@16 of the semantic tokenizer (dB)", runs["semantic"][1].history[-1]["psnr@16"], 20.0)
+    # reached 0.655 − 0.33 (150 steps at weight 1: −0.03, the head had not learned yet); bar 0.15
+    above("colour read from the codes, semantic − plain", read["semantic"] - read["plain"], 0.15)
+    # reached 20.0 dB (plain 21.0); bar 18 dB
+    above("PSNR@16 of the semantic tokenizer (dB)", runs["semantic"][1].history[-1]["psnr@16"], 18.0)
     with pytest.raises(ConfigError, match="one caption per image"):
         ImageTokenizer.train(images[:10], train=config, init=tokenizer, captions=captions[:9], semantic=1.0)

@@ -55,11 +55,14 @@ def test_features_follow_the_path_and_the_model_reads_its_own_embeddings(codec, 
     assert [s.ids.tolist() for s in batched] == [s.ids.tolist() for s in spans]
     features = dict(_features(images, spans, codec, model, 32))
     blocks = [f"block {i + 1}" for i in range(len(model.layers))]
-    assert list(features) == ["pixels", "decoded", "codes", "code_latents", "embeddings", *blocks]
+    assert list(features) == ["pixels", "decoded", "codes", "code_latents", "code_appearance", "embeddings", *blocks]
     cells = len(spans[0])
     assert features["pixels"].shape == (6, 32 * 32 * 3) and features["decoded"].shape == (6, 32 * 32 * 3)
     assert (features["codes"].sum(axis=1) == cells).all() and features["codes"].shape[1] == cells * 1000
     assert features["code_latents"].shape == (6, cells * codec.tokenizer("image").code_latents().shape[1])
+    assert features["code_appearance"].shape == (6, cells * 3 * 8 * 8)  # each code's 8x8 patch
+    appearance = codec.tokenizer("image").code_appearance()
+    assert np.allclose(features["code_appearance"][2], appearance[spans[2].ids].flatten().numpy())
     seq = codec.encode(Document.of(images[2]))
     at_codes = seq.ids[seq.ids >= codec.vocab.range("image").start]
     at_codes = at_codes[at_codes < codec.vocab.range("image").stop]
@@ -73,15 +76,20 @@ def test_features_follow_the_path_and_the_model_reads_its_own_embeddings(codec, 
 def test_probes_read_position_from_the_pixels_and_report_every_step(codec, model):
     settings = PerceptionSettings(examples=120, held_out=80, attributes=("position",))
     report = probe_perception(codec, model, settings)
-    assert list(report.accuracy)[:4] == ["pixels", "decoded", "codes", "code_latents"] and report.grid == (4, 4)
+    assert list(report.accuracy)[:5] == ["pixels", "decoded", "codes", "code_latents", "code_appearance"]
+    assert report.grid == (4, 4)
     assert report.chance == {"position": 1 / 9}
     # reached 59% (5.3x chance) / 59%; bar 3x chance (33%): a 26-point margin
     above("position read linearly from 32 px pixels / chance", report.accuracy["pixels"]["position"] * 9, 3.0)
     saved = json.loads(report.to_json())
     assert saved["accuracy"] == report.accuracy and saved["settings"]["examples"] == 120
     table = report.format().splitlines()
-    assert table[0] == "| read from | position |" and table[-1] == "| chance | 11% |"
+    assert table[0] == "| read from | position | norm at a code |" and table[-1] == "| chance | 11% | |"
     assert len(table) == 2 + len(report.accuracy) + 1
+    # the model's readers carry the length of their vector at a code: the embedding rows' own length first
+    assert list(report.norms) == ["embeddings", *(f"block {i + 1}" for i in range(len(model.layers)))]
+    rows = model.embed.weight.detach()[codec.vocab.range("image").start :][:1000]
+    assert report.norms["embeddings"] == pytest.approx(float(rows.norm(dim=1).mean()), rel=0.25)
 
 
 def test_bad_settings_are_refused_by_name():
@@ -101,7 +109,7 @@ def test_the_command_probes_a_vocabulary_and_writes_json(tmp_path):
                                  "--held-out", "20", "--json", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())
-    assert list(saved["accuracy"]) == ["pixels", "decoded", "codes", "code_latents"]
+    assert list(saved["accuracy"]) == ["pixels", "decoded", "codes", "code_latents", "code_appearance"]
     assert set(saved["accuracy"]["codes"]) == set(ATTRIBUTES) and "| code_latents |" in result.output
     both = runner.invoke(app, ["eval", "perception", str(tmp_path), "--vocab", str(default_vocabulary_dir())])
     assert both.exit_code == 2 and "not both" in both.output

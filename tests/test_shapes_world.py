@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 
@@ -217,3 +218,20 @@ def test_easy_scenes_have_large_objects_on_light_untextured_backgrounds():
     assert {o["size"] for o in sample.meta["truth"]["scene"]["objects"]} == {"large"}
     with pytest.raises(ConfigError, match="easy_scenes"):
         ShapesConfig(easy_scenes="yes")
+
+
+def test_count_answers_are_not_given_away_by_the_counts_a_world_holds():
+    """Count questions are drawn answer-first: with one or two objects, "one" is no longer nearly always
+    right (it was 88% of the time), and the options are the counts such a picture can have."""
+    answers = collections.Counter()
+    for i in range(600):
+        rng = np.random.default_rng([5, i])
+        question = image_question(random_scene(rng, max_objects=2), rng, ability="perception/count")
+        assert set(question.options) == {"zero", "one", "two", "three"}
+        answers[question.answer] += 1
+    shares = {answer: n / 600 for answer, n in answers.items()}
+    # measured: one 44%, zero 37%, two 19% (600 scenes, seeded: the same on every machine)
+    assert max(shares.values()) < 0.5 and set(shares) == {"zero", "one", "two"}
+    big = image_question(random_scene(np.random.default_rng(1), min_objects=4), np.random.default_rng(2),
+                         ability="perception/count")  # fmt: skip
+    assert big.answer in big.options and len(set(big.options)) == 4

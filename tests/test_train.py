@@ -407,7 +407,8 @@ def test_losses_by_modality_sum_the_trained_tokens_of_each_modality():
     assert tally.tolist() == [[0.0, 0.0], [1.0, 1.0], [6.0, 2.0], [6.0, 1.0]]
 
 
-def test_media_embeddings_start_from_the_code_latents():
+@pytest.mark.parametrize("source", ["appearance", "codes"])
+def test_media_embeddings_start_from_what_the_tokenizer_says_of_each_code(source):
     from polymodal.model import Transformer, preset
     from polymodal.tokenizers.presets import default_vocabulary_dir
 
@@ -415,14 +416,15 @@ def test_media_embeddings_start_from_the_code_latents():
     torch.manual_seed(0)
     model = Transformer(preset("debug", codec.vocab.size))
     before = model.embed.weight.detach().clone()
-    assert loop.init_media_embeddings(model, codec) == ["image", "audio"]
+    assert loop.init_media_embeddings(model, codec, source) == ["image", "audio"]
     after = model.embed.weight.detach()
     text = codec.vocab.range("text")
     assert torch.equal(after[: text.stop], before[: text.stop])  # specials and text untouched
     for modality in ("image", "audio"):
         rows = codec.vocab.range(modality)
-        z = codec.tokenizer(modality).code_latents()
-        z = (z - z.mean(0)) / z.std(0)
+        tokenizer = codec.tokenizer(modality)
+        z = tokenizer.code_appearance() if source == "appearance" else tokenizer.code_latents()
+        z = (z - z.mean(0)) / z.std(0).clamp_min(1e-6)
         e = after[rows.start : rows.stop]
         assert e.std().item() == pytest.approx(before[rows.start : rows.stop].std().item(), rel=0.1)
         # codes whose latents are alike get embeddings alike: the two similarity matrices agree
@@ -438,7 +440,7 @@ def test_media_embeddings_start_from_the_code_latents():
     toy = DocumentTokenizer.from_tokenizers([codec.tokenizer("text"), toys.ToyImageTokenizer()])
     small = Transformer(preset("debug", toy.vocab.size))
     kept = small.embed.weight.detach().clone()
-    assert loop.init_media_embeddings(small, toy) == [] and torch.equal(small.embed.weight, kept)
+    assert loop.init_media_embeddings(small, toy, source) == [] and torch.equal(small.embed.weight, kept)
 
 
 @pytest.mark.parametrize("lora_base", ["full", "int8"])

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -81,10 +81,13 @@ class PerceptionReport:
     chance: dict[str, float]
     settings: PerceptionSettings
     grid: tuple[int, int]
+    # the model's readers: the mean length (L2 norm) of its vector at a code, so that a block that swamps
+    # what the embedding held shows as a jump here
+    norms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "chance": self.chance, "settings": asdict(self.settings),
-                "grid": list(self.grid)}  # fmt: skip
+                "grid": list(self.grid), "norms": self.norms}  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -92,10 +95,12 @@ class PerceptionReport:
     def format(self) -> str:
         """A Markdown table: one row per reader, one column per attribute, chance in the last row."""
         attributes = list(self.settings.attributes)
-        lines = [f"| read from | {' | '.join(attributes)} |", "|---|" + "---|" * len(attributes)]
+        norm = " norm at a code |" if self.norms else ""
+        lines = [f"| read from | {' | '.join(attributes)} |{norm}", "|---|" + "---|" * (len(attributes) + bool(norm))]
         for reader, scores in self.accuracy.items():
-            lines.append(f"| {reader} | " + " | ".join(f"{scores[a]:.0%}" for a in attributes) + " |")
-        lines.append("| chance | " + " | ".join(f"{self.chance[a]:.0%}" for a in attributes) + " |")
+            size = (f" {self.norms[reader]:.3g} |" if reader in self.norms else " |") if norm else ""
+            lines.append(f"| {reader} | " + " | ".join(f"{scores[a]:.0%}" for a in attributes) + f" |{size}")
+        lines.append("| chance | " + " | ".join(f"{self.chance[a]:.0%}" for a in attributes) + " |" + (" |" if norm else ""))
         return "\n".join(lines)
 
 
@@ -129,6 +134,7 @@ def probe_perception(
     settings = settings or PerceptionSettings()
     image_tokenizer = tokenizer.tokenizer("image")
     accuracy: dict[str, dict[str, float]] = {}
+    norms: dict[str, float] = {}
     grid = (0, 0)
     for k, attribute in enumerate(settings.attributes):
         rng = np.random.default_rng([settings.seed, 11, k])
@@ -136,12 +142,15 @@ def probe_perception(
         spans = _encode_all(image_tokenizer, images)
         grid = (spans[0].layout.height, spans[0].layout.width)
         for reader, features in _features(images, spans, tokenizer, model, settings.size):
+            if reader == "embeddings" or reader.startswith("block "):
+                cells = features.reshape(len(features), grid[0] * grid[1], -1)
+                norms.setdefault(reader, float(np.linalg.norm(cells, axis=-1).mean()))
             score = probe_accuracy(features, labels, settings.examples, settings.probe, settings.seed)
             accuracy.setdefault(reader, {})[attribute] = score
             if say is not None:
                 say(f"{attribute:>8} from {reader:<13} {score:6.1%}")
     chance = {a: 1 / len(ATTRIBUTES[a]) for a in settings.attributes}
-    return PerceptionReport(accuracy, chance, settings, grid)
+    return PerceptionReport(accuracy, chance, settings, grid, norms)
 
 
 def _features(images: Sequence[Image], spans: Sequence, tokenizer: DocumentTokenizer, model: torch.nn.Module | None,

@@ -293,7 +293,7 @@ class ImageTokenizer(NeuralTokenizer):
             if captions is None or not isinstance(images, Sequence) or len(captions) != len(images):
                 raise ConfigError("the semantic objective needs a list of images and one caption per image")
             words = CaptionWords(captions)
-            net: nn.Module = _WithHead(model, SemanticHead(len(config.levels), len(words)))
+            net: nn.Module = _WithHead(model, SemanticHead(config.latent_channels, len(words)))
             batches = _captioned_batches(images, words.targets(captions), config, train.batch_size, seed=train.seed)
         else:
             net, batches = model, _batches(images, config, train.batch_size, seed=train.seed)
