@@ -97,21 +97,32 @@ def main() -> None:
                              say=lambda line: print(line, file=sys.stderr))  # fmt: skip
             seconds = time.perf_counter() - start
             row = {"seed": seed, "base": held_out_accuracy(base, args.size, seed),
-                   "tuned": held_out_accuracy(tuned, args.size, seed), "finetune_seconds": round(seconds, 1)}  # fmt: skip
+                   "tuned": held_out_accuracy(tuned, args.size, seed),
+                   "finetune_seconds": round(seconds, 1)}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
     tuned = [r["tuned"] for r in rows]
     result = {
         "benchmark": "finetune_digits",
         "base_run": str(args.base),
-        "settings": {"pictures": args.pictures, "size": args.size, "steps": config.steps,
-                     "lr": config.learning_rate, "learn": args.learn, "caption": CAPTION,
-                     "held_out": len(split_indices("test")), "options": 4},  # fmt: skip
+        "settings": {
+            "pictures": args.pictures,
+            "size": args.size,
+            "steps": config.steps,
+            "lr": config.learning_rate,
+            "learn": args.learn,
+            "caption": CAPTION,
+            "held_out": len(split_indices("test")),
+            "options": 4,
+        },  # fmt: skip
         "seeds": rows,
         "mean": {"base": statistics.mean(r["base"] for r in rows), "tuned": statistics.mean(tuned)},
         "range": {"tuned": [min(tuned), max(tuned)]},
-        "machine": {"cpu": machine_name(torch.device("cpu")), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},  # fmt: skip
+        "machine": {
+            "cpu": machine_name(torch.device("cpu")),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },  # fmt: skip
     }
     print(json.dumps(result["mean"]))
     if args.json is not None:

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 import toys
 from polymodal.cli import app
 from polymodal.content import Audio
+from polymodal.data.tokenized import TokenizedDataset
 from polymodal.errors import ConfigError
 from polymodal.eval.regression import check_finetune
 from polymodal.model import Transformer, preset
-from polymodal.data.tokenized import TokenizedDataset
 from polymodal.run import Run
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.text import TextTokenizer

@@ -231,7 +231,7 @@ def test_the_semantic_objective_makes_the_codes_name_what_the_caption_says(train
     }  # fmt: skip
     labels = np.array([list(DOT_COLOURS).index(c) for c in names])
     read = {}
-    for name, (tuned, result) in runs.items():
+    for name, (tuned, _) in runs.items():
         codes = torch.stack([tuned.encode(image).ids for image in images]).numpy()
         one_hot = np.zeros((len(codes), codes.shape[1] * tuned.vocab_size), np.float32)
         one_hot[np.arange(len(codes))[:, None], np.arange(codes.shape[1]) * tuned.vocab_size + codes] = 1

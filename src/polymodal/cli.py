@@ -297,9 +297,12 @@ def train_image(
     adapt: AdaptOption = "all",
     semantic: Annotated[
         float,
-        typer.Option(help="Weight of the semantic objective beside reconstruction: the codes learn which words "
-                     "of their picture's caption they show (SOURCES: captions folders; else shapes world's "
-                     "captions). 0: reconstruction alone.", min=0.0),
+        typer.Option(
+            help="Weight of the semantic objective beside reconstruction: the codes learn which words "
+            "of their picture's caption they show (SOURCES: captions folders; else shapes world's "
+            "captions). 0: reconstruction alone.",
+            min=0.0,
+        ),
     ] = 0.0,  # fmt: skip
 ) -> None:
     """Train the image tokenizer (autoencoder + FSQ) and report held-out PSNR; with --init, continue
@@ -842,8 +845,10 @@ def finetune_cmd(
     chat: Annotated[bool, typer.Option(help="Caption/transcript folders: as user/assistant chats.")] = False,
     learn: Annotated[
         str,
-        typer.Option(help="Caption/transcript folders: 'target' trains the output alone (the caption of an "
-                     "image->text folder), 'all' the media too."),
+        typer.Option(
+            help="Caption/transcript folders: 'target' trains the output alone (the caption of an "
+            "image->text folder), 'all' the media too."
+        ),
     ] = "target",  # fmt: skip
     fps: Annotated[float | None, typer.Option(help="Video frames sampled per second.", min=0.01)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the adapters and the data order.")] = 0,

@@ -166,16 +166,19 @@ def read_image_captions(
     direction: str = "image->text",
     as_chat: bool = False,
     instruction: str | None = None,
+    learn: str | None = None,
     limits: MediaLimits | None = None,
 ) -> Iterator[Document]:
     """Images and their captions: ``source`` is a folder holding ``captions.jsonl`` or
     ``captions.csv``, or such a file itself (any name).
 
-    Each row gives a plain document of the image, then its caption (the target: see the module
-    docstring for ``learn``); ``direction="text->image"`` puts the caption first. ``as_chat=True`` gives a chat instead: the user sends the input (then ``instruction``,
-    if given), the assistant answers with the output.
+    Each row gives a plain document of the image, then its caption (the target; ``learn="all"``
+    trains the image too, see the module docstring); ``direction="text->image"`` puts the caption
+    first. ``as_chat=True`` gives a chat instead: the user sends the input (then ``instruction``, if
+    given), the assistant answers with the output.
     """
-    return _plan(Path(source), "image_captions", _Options(direction, as_chat, instruction, limits=limits)).documents()
+    options = _Options(direction, as_chat, instruction, learn=learn, limits=limits)
+    return _plan(Path(source), "image_captions", options).documents()
 
 
 def read_audio_transcripts(
@@ -184,15 +187,16 @@ def read_audio_transcripts(
     direction: str = "audio->text",
     as_chat: bool = False,
     instruction: str | None = None,
+    learn: str | None = None,
     limits: MediaLimits | None = None,
 ) -> Iterator[Document]:
     """Audio and its transcripts (or sound descriptions): a folder holding ``transcripts.jsonl``,
     ``transcripts.csv``, ``captions.jsonl`` or ``captions.csv``, or such a file itself.
 
     ``Document.of(audio, text)``, or text first with ``direction="text->audio"`` (``"speech"`` and
-    ``"sound"`` are accepted for ``"audio"``); ``as_chat`` as in :func:`read_image_captions`.
+    ``"sound"`` are accepted for ``"audio"``); ``as_chat`` and ``learn`` as in :func:`read_image_captions`.
     """
-    options = _Options(direction, as_chat, instruction, limits=limits)
+    options = _Options(direction, as_chat, instruction, learn=learn, limits=limits)
     return _plan(Path(source), "audio_transcripts", options).documents()
 
 

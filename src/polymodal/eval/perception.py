@@ -100,7 +100,8 @@ class PerceptionReport:
         for reader, scores in self.accuracy.items():
             size = (f" {self.norms[reader]:.3g} |" if reader in self.norms else " |") if norm else ""
             lines.append(f"| {reader} | " + " | ".join(f"{scores[a]:.0%}" for a in attributes) + f" |{size}")
-        lines.append("| chance | " + " | ".join(f"{self.chance[a]:.0%}" for a in attributes) + " |" + (" |" if norm else ""))
+        chance = " | ".join(f"{self.chance[a]:.0%}" for a in attributes)
+        lines.append(f"| chance | {chance} |" + (" |" if norm else ""))
         return "\n".join(lines)
 
 

@@ -52,7 +52,8 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: nn.Module  # the EMA weights, in eval mode
-    # one entry per evaluation: its held-out figures, and the mean training figures since the one before ("train_loss" …)
+    # one entry per evaluation: its held-out figures, and the mean training figures since the one
+    # before ("train_loss" …)
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
