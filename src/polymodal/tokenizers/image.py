@@ -300,7 +300,7 @@ class ImageTokenizer(NeuralTokenizer):
 
         def loss_fn(net: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:  # noqa: ANN001
             pixels, targets = batch if isinstance(batch, tuple) else (batch, None)
-            autoencoder = net.autoencoder if isinstance(net, _WithHead) else net
+            autoencoder = _unwrap(net)
             latents = autoencoder.quantizer(autoencoder.encoder(pixels))[0]
             recon = autoencoder._pixels(latents)
             mse = torch.mean((recon - pixels) ** 2)
@@ -312,12 +312,9 @@ class ImageTokenizer(NeuralTokenizer):
                 figures["words"] = words_loss.item()
             return loss, {"loss": loss.item(), **figures}
 
-        def unwrap(net: nn.Module) -> nn.Module:
-            return net.autoencoder if isinstance(net, _WithHead) else net
-
-        evaluate = (lambda net: evaluate_psnr(cls(config, unwrap(net)), held_out)) if held_out else None
+        evaluate = (lambda net: evaluate_psnr(cls(config, _unwrap(net)), held_out)) if held_out else None
         result = train_autoencoder(net, batches, loss_fn, train, evaluate=evaluate, description="image tokenizer")
-        result.model = unwrap(result.model)
+        result.model = _unwrap(result.model)
         return cls(config, result.model), result
 
     def held_out_figures(self, images: Sequence[Image]) -> dict[str, float]:
@@ -353,6 +350,10 @@ class _WithHead(nn.Module):
     def __init__(self, autoencoder: ImageAutoencoder, head: SemanticHead) -> None:
         super().__init__()
         self.autoencoder, self.head = autoencoder, head
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return net.autoencoder if isinstance(net, _WithHead) else net
 
 
 def _captioned_batches(
