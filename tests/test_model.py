@@ -157,6 +157,27 @@ def test_tied_and_untied_heads():
     assert untied.num_parameters() - tied.num_parameters() == VOCAB * tied.config.dim
 
 
+def test_embed_scale_multiplies_the_input_embeddings_not_the_tied_head():
+    torch.manual_seed(0)
+    plain = Transformer(preset("debug", VOCAB))
+    scaled = Transformer(preset("debug", VOCAB, embed_scale=8.0))
+    scaled.load_state_dict(plain.state_dict())  # same weights: the scale is not a parameter
+    ids, pos, modality = batch()
+    assert torch.allclose(scaled.embed(ids), 8.0 * plain.embed(ids))
+    # The tied head reads the table itself: identical hidden states give identical logits.
+    x = torch.randn(2, 12, plain.config.dim)
+    assert torch.equal(scaled.logits(x), plain.logits(x))
+    assert not torch.allclose(scaled(ids, pos, modality), plain(ids, pos, modality), atol=1e-3)
+    # The decoding path applies the scale too: a cached step equals the full forward.
+    cache = scaled.new_cache(2, 16)
+    full = scaled(ids, pos, modality)
+    scaled(ids[:, :-1], pos[:, :-1], modality[:, :-1], cache=cache)
+    step = scaled(ids[:, -1:], pos[:, -1:], modality[:, -1:], cache=cache)
+    assert torch.allclose(step[:, -1], full[:, -1], atol=1e-4)
+    with pytest.raises(ConfigError, match="embed_scale"):
+        preset("debug", VOCAB, embed_scale=0.0)
+
+
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
 def test_larger_presets_forward_backward(name):
     # 1b (4 GB of fp32 weights, 8 with gradients) is left to GPU runs; its shape is checked above.

@@ -17,6 +17,8 @@ from polymodal.eval.perception import (
     PerceptionSettings,
     _encode_all,
     _features,
+    attention_probs,
+    attention_to_pictures,
     attribute_pictures,
     probe_perception,
 )
@@ -76,6 +78,7 @@ def test_features_follow_the_path_and_the_model_reads_its_own_embeddings(codec, 
 def test_probes_read_position_from_the_pixels_and_report_every_step(codec, model):
     settings = PerceptionSettings(examples=120, held_out=80, attributes=("position",))
     report = probe_perception(codec, model, settings)
+    assert list(report.attention) == [*(f"block {i + 1}" for i in range(len(model.layers))), "even"]
     assert list(report.accuracy)[:5] == ["pixels", "decoded", "codes", "code_latents", "code_appearance"]
     assert report.grid == (4, 4)
     assert report.chance == {"position": 1 / 9}
@@ -83,13 +86,51 @@ def test_probes_read_position_from_the_pixels_and_report_every_step(codec, model
     above("position read linearly from 32 px pixels / chance", report.accuracy["pixels"]["position"] * 9, 3.0)
     saved = json.loads(report.to_json())
     assert saved["accuracy"] == report.accuracy and saved["settings"]["examples"] == 120
-    table = report.format().splitlines()
+    table, attention = report.format().split("\n\n", 1)
+    assert "| share |" in attention and attention.count("%") == len(report.attention)
+    table = table.splitlines()
     assert table[0] == "| read from | position | norm at a code |" and table[-1] == "| chance | 11% | |"
     assert len(table) == 2 + len(report.accuracy) + 1
     # the model's readers carry the length of their vector at a code: the embedding rows' own length first
     assert list(report.norms) == ["embeddings", *(f"block {i + 1}" for i in range(len(model.layers)))]
     rows = model.embed.weight.detach()[codec.vocab.range("image").start :][:1000]
     assert report.norms["embeddings"] == pytest.approx(float(rows.norm(dim=1).mean()), rel=0.25)
+
+
+def test_attention_probs_are_the_weights_the_fused_kernel_applies(model):
+    torch.manual_seed(1)
+    attention = model.layers[0].attention
+    B, L, H = 2, 9, attention.head_dim
+    x = torch.randn(B, L, model.config.dim)
+    positions = torch.arange(L).view(1, L, 1).expand(B, L, 3)
+    cos, sin = model.rotary(positions)
+    v = attention.wv(x).view(B, L, attention.n_kv_heads, H).transpose(1, 2)
+    v = v.repeat_interleave(attention.n_heads // attention.n_kv_heads, dim=1)
+    padded = torch.ones(B, 1, L, L, dtype=torch.bool).tril()
+    padded[1, :, :, :3] = False  # row 1 is left-padded by 3: nobody sees those keys ...
+    padded[1, :, :3, :3] = torch.eye(3, dtype=torch.bool)  # ... and each padding query sees only itself
+    for mask in (None, padded):
+        probs = attention_probs(attention, x, cos, sin, mask)
+        assert probs.shape == (B, attention.n_heads, L, L)
+        assert torch.allclose(probs.sum(-1), torch.ones(B, attention.n_heads, L))
+        by_hand = attention.wo((probs @ v).transpose(1, 2).reshape(B, L, -1))
+        assert torch.allclose(by_hand, attention(x, cos, sin, mask, None, 0), atol=1e-5)
+    rows = torch.tensor([4, 8])
+    assert torch.allclose(attention_probs(attention, x, cos, sin, padded, rows), probs[:, :, rows])
+
+
+def test_a_model_that_attends_evenly_gives_the_picture_its_share_of_the_context(codec):
+    torch.manual_seed(0)
+    even_model = Transformer(preset("debug", codec.vocab.size)).eval()
+    for layer in even_model.layers:  # no query: every score is 0, every earlier token weighs the same
+        torch.nn.init.zeros_(layer.attention.wq.weight)
+    shares = attention_to_pictures(codec, even_model, questions=6)
+    # a 32 px picture's 16 codes among the chat's few dozen tokens
+    assert 0.1 < shares["even"] < 0.6
+    for block in ("block 1", "block 2"):
+        assert shares[block] == pytest.approx(shares["even"], abs=1e-5)
+    with pytest.raises(ConfigError, match="questions must be"):
+        attention_to_pictures(codec, even_model, questions=0)
 
 
 def test_bad_settings_are_refused_by_name():

@@ -168,12 +168,13 @@ def perception_cmd(
     examples: Annotated[int, typer.Option(help="Training pictures per attribute.", min=20)] = 1000,
     held_out: Annotated[int, typer.Option(help="Scored pictures per attribute.", min=20)] = 500,
     size: Annotated[int, typer.Option(help="The pictures' side in pixels.", min=8)] = 32,
-    probe: Annotated[str, typer.Option(help="linear (logistic regression) or mlp (one hidden layer).")] = "linear",
+    probe: Annotated[str, typer.Option(help="linear (ridge regression) or mlp (one hidden layer).")] = "linear",
     seed: Annotated[int, typer.Option(help="Seed of the pictures and the probes.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the table and settings here.")] = None,
 ) -> None:
     """Where perception is lost: how well a probe reads colour, shape, position and count from the pixels,
-    the tokenizer's codes, the model's embeddings and each block's hidden states (docs/perception.md)."""
+    the tokenizer's codes, the model's embeddings and each block's hidden states, and how much each block
+    attends to the picture where it answers (docs/perception.md)."""
     from polymodal.eval.perception import PerceptionSettings, probe_perception
     from polymodal.files import write_text_atomic
     from polymodal.run import Run

@@ -18,6 +18,11 @@ The steps (each a *reader*, in order):
 - ``embeddings``: the model's input embedding of each code (with a model);
 - ``block N``: the model's hidden state at the codes after block N (with a model).
 
+With a model, :func:`attention_to_pictures` also measures the other half of the path: how much of its
+attention each block spends on a picture's codes where it predicts the answer to a question about that
+picture (shapes-world questions), against the codes' share of the context (what attending evenly to
+every earlier token would give). A block at or below that even share does not look at the picture.
+
 With ``probe="mlp"`` a one-hidden-layer perceptron reads instead: what it reads and a linear probe
 does not is there, but only in a form a model would have to learn to decode first.
 
@@ -84,10 +89,12 @@ class PerceptionReport:
     # the model's readers: the mean length (L2 norm) of its vector at a code, so that a block that swamps
     # what the embedding held shows as a jump here
     norms: dict[str, float] = field(default_factory=dict)
+    # with a model: attention_to_pictures (its "even" entry: the codes' share of the context)
+    attention: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "chance": self.chance, "settings": asdict(self.settings),
-                "grid": list(self.grid), "norms": self.norms}  # fmt: skip
+                "grid": list(self.grid), "norms": self.norms, "attention": self.attention}  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -102,6 +109,12 @@ class PerceptionReport:
             lines.append(f"| {reader} | " + " | ".join(f"{scores[a]:.0%}" for a in attributes) + f" |{size}")
         chance = " | ".join(f"{self.chance[a]:.0%}" for a in attributes)
         lines.append(f"| chance | {chance} |" + (" |" if norm else ""))
+        if self.attention:
+            blocks = [k for k in self.attention if k != "even"]
+            lines += ["", "share of attention on the picture's codes where the answer is predicted:", "",
+                      "| block | " + " | ".join(b.removeprefix("block ") for b in blocks) + " | even |",
+                      "|---|" + "---|" * (len(blocks) + 1),
+                      "| share | " + " | ".join(f"{self.attention[b]:.0%}" for b in self.attention) + " |"]  # fmt: skip
         return "\n".join(lines)
 
 
@@ -151,7 +164,61 @@ def probe_perception(
             if say is not None:
                 say(f"{attribute:>8} from {reader:<13} {score:6.1%}")
     chance = {a: 1 / len(ATTRIBUTES[a]) for a in settings.attributes}
-    return PerceptionReport(accuracy, chance, settings, grid, norms)
+    report = PerceptionReport(accuracy, chance, settings, grid, norms)
+    if model is not None:
+        report.attention = attention_to_pictures(tokenizer, model, questions=settings.held_out, size=settings.size,
+                                                 seed=settings.seed)  # fmt: skip
+        if say is not None:
+            say("attention on the picture: " + ", ".join(f"{k} {v:.0%}" for k, v in report.attention.items()))
+    return report
+
+
+@torch.no_grad()
+def attention_to_pictures(tokenizer: DocumentTokenizer, model: torch.nn.Module, *, questions: int = 200,
+                          size: int = 32, seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """Per block (``"block N"``), the share of attention that the positions predicting an answer pay to
+    the picture's codes: mean over heads, answer tokens and ``questions`` shapes-world chats (a picture
+    of one or two objects, a question, its right answer); ``"even"``: the codes' mean share of the
+    context there, what attending evenly to every earlier token would give."""
+    from polymodal.data.shapes.questions import image_question
+    from polymodal.data.shapes.render import render_scene
+    from polymodal.data.shapes.world import random_scene
+
+    if not hasattr(model, "layers") or not hasattr(model, "embed"):
+        raise ConfigError("reading a model's attention needs an early-fusion model (embed + layers)")
+    if questions < 1:
+        raise ConfigError(f"questions must be >= 1, got {questions}")
+    image_ids = tokenizer.vocab.range("image")
+    rng = np.random.default_rng([seed, 23])
+    shares = np.zeros(len(model.layers))
+    even = 0.0
+    for _ in range(questions):
+        scene = random_scene(rng, max_objects=2)
+        question = image_question(scene, rng)
+        seq = tokenizer.encode(Document.chat(("user", [render_scene(scene, size=size), question.text]),
+                                             ("assistant", question.answer)))  # fmt: skip
+        ids = seq.ids[None]
+        at_picture = (seq.ids >= image_ids.start) & (seq.ids < image_ids.stop)
+        # the answer's tokens (those the chat template trains on) are predicted one position earlier
+        queries = (torch.nonzero(seq.loss_weight > 0).ravel() - 1).clamp(min=0)
+        weights: list[torch.Tensor] = []
+
+        def read(module, args, weights=weights, queries=queries, at_picture=at_picture):  # noqa: ANN001, ANN202
+            probs = attention_probs(module, *args[:4], queries)  # [1, heads, queries, L]
+            weights.append(probs[0, :, :, at_picture].sum(-1).mean())
+
+        hooks = [layer.attention.register_forward_pre_hook(read) for layer in model.layers]
+        try:
+            model(ids, seq.positions[None], seq.modality[None])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        shares += np.array([float(w) for w in weights])
+        before = torch.cumsum(at_picture.float(), 0)[queries] / (queries + 1).float()
+        even += float(before.mean())
+    result = {f"block {i + 1}": float(v / questions) for i, v in enumerate(shares)}
+    result["even"] = even / questions
+    return result
 
 
 def _features(images: Sequence[Image], spans: Sequence, tokenizer: DocumentTokenizer, model: torch.nn.Module | None,
@@ -205,6 +272,29 @@ def _model_features(first: Image, codes: torch.Tensor, model: torch.nn.Module, t
             captured.setdefault(name, []).append(out[:, at_codes].flatten(1).float())
     for name in names:
         yield name, torch.cat(captured[name]).numpy()
+
+
+def attention_probs(attention: torch.nn.Module, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    mask: torch.Tensor | None, queries: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The attention weights ``[B, heads, Q, L]`` that an :class:`~polymodal.model.transformer.Attention`
+    computes inside its fused kernel for these inputs (no cache; ``queries``: the rows to keep, all by
+    default), recomputed from its projections."""
+    from polymodal.model.transformer import apply_rotary
+
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise ConfigError("reading attention of a sliding-window model over a long context is not supported")
+    B, L, _ = x_BLD.shape
+    queries = torch.arange(L) if queries is None else queries
+    q = attention.wq(x_BLD).view(B, L, attention.n_heads, attention.head_dim).transpose(1, 2)
+    k = attention.wk(x_BLD).view(B, L, attention.n_kv_heads, attention.head_dim).transpose(1, 2)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    k = k.repeat_interleave(attention.n_heads // attention.n_kv_heads, dim=1)
+    scores = (q[:, :, queries] @ k.transpose(-1, -2)) / attention.head_dim**0.5
+    if mask is None:  # causal
+        allowed = torch.ones(L, L, dtype=torch.bool, device=x_BLD.device).tril()[queries]
+    else:
+        allowed = mask[:, :, queries]
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
 
 
 @torch.no_grad()

@@ -28,6 +28,10 @@ class ModelConfig:
     # each to h and w. They must add up to head_dim / 2.
     rope_sections: tuple[int, int, int] | None = None
     tie_embeddings: bool = True
+    # Multiplies the input embeddings (not the tied output head), as Gemma does with sqrt(dim). At the
+    # N(0, 0.02) init an embedding is ~0.3 long while the first block adds vectors hundreds long: a
+    # larger scale keeps what a token's embedding says readable after that block.
+    embed_scale: float = 1.0
     modality_experts: bool = False  # one feed-forward per modality, chosen by each token's modality
     num_modalities: int = 4  # size of the modality index (0 = special, then the vocabulary's ranges)
     max_seq_len: int = 2048  # the KV cache's default capacity
@@ -48,6 +52,8 @@ class ModelConfig:
             raise ConfigError(f"model: head_dim {self.head_dim} must be even for rotary embeddings")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ConfigError(f"model: sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if not self.embed_scale > 0:
+            raise ConfigError(f"model: embed_scale must be > 0, got {self.embed_scale}")
         if self.full_attention_every < 0:
             raise ConfigError(f"model: full_attention_every must be >= 0, got {self.full_attention_every}")
         if self.full_attention_every and self.sliding_window is None:

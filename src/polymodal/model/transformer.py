@@ -195,6 +195,19 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
 
+class ScaledEmbedding(nn.Embedding):
+    """An embedding table whose rows are multiplied by ``scale`` on the way in (the table itself, which a
+    tied head reads, is not scaled)."""
+
+    def __init__(self, num_embeddings: int, dim: int, scale: float = 1.0) -> None:
+        super().__init__(num_embeddings, dim)
+        self.scale = scale
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = super().forward(ids)
+        return x if self.scale == 1.0 else x * self.scale
+
+
 class FeedForward(nn.Module):
     """SwiGLU: ``w2(silu(w1 x) * w3 x)``."""
 
@@ -253,7 +266,7 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.embed = ScaledEmbedding(config.vocab_size, config.dim, config.embed_scale)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
