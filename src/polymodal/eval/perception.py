@@ -279,15 +279,11 @@ def attention_probs(attention: torch.nn.Module, x_BLD: torch.Tensor, cos: torch.
     """The attention weights ``[B, heads, Q, L]`` that an :class:`~polymodal.model.transformer.Attention`
     computes inside its fused kernel for these inputs (no cache; ``queries``: the rows to keep, all by
     default), recomputed from its projections."""
-    from polymodal.model.transformer import apply_rotary
-
     if mask is not None and not isinstance(mask, torch.Tensor):
         raise ConfigError("reading attention of a sliding-window model over a long context is not supported")
     B, L, _ = x_BLD.shape
     queries = torch.arange(L) if queries is None else queries
-    q = attention.wq(x_BLD).view(B, L, attention.n_heads, attention.head_dim).transpose(1, 2)
-    k = attention.wk(x_BLD).view(B, L, attention.n_kv_heads, attention.head_dim).transpose(1, 2)
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    q, k = attention.queries_keys(x_BLD, cos, sin)
     k = k.repeat_interleave(attention.n_heads // attention.n_kv_heads, dim=1)
     scores = (q[:, :, queries] @ k.transpose(-1, -2)) / attention.head_dim**0.5
     if mask is None:  # causal

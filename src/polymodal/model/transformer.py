@@ -180,10 +180,8 @@ class Attention(nn.Module):
                 mask: torch.Tensor | BandedMask | None, cache: KVCache | None, layer: int,
                 slot: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         B, L, _ = x_BLD.shape
-        q = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.queries_keys(x_BLD, cos, sin)
         v = self.wv(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, k, v, slot)
         if isinstance(mask, BandedMask):
@@ -193,6 +191,13 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_heads != self.n_kv_heads
             )
         return self.wo(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+
+    def queries_keys(self, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rotated queries ``[B, N, L, H]`` and keys ``[B, K, L, H]`` of ``x_BLD``."""
+        B, L, _ = x_BLD.shape
+        q = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
 class ScaledEmbedding(nn.Embedding):
