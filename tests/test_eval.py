@@ -330,6 +330,8 @@ def test_cli_runs_a_saved_run_and_lists_tasks(tmp_path, tiny_run, monkeypatch):
                                       "--task", "colours", "--limit", "2", "--out", str(tmp_path / "out")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out" / "report.json").read_text())["tasks"][0]["items"] == 2
+    # stderr is not a terminal here, as in a job's log: progress comes as plain lines, not a silent bar
+    assert re.search(r"^eval colours: (\d+)/\1 prompts \(100%\), \d+ s$", result.output, re.MULTILINE)
     bad = runner.invoke(eval_app, ["make-suite", "nope", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown built-in suite" in bad.output
 

@@ -605,7 +605,7 @@ def index_build(
     from polymodal.run import Run
 
     try:
-        index = build_index(Run.load(run_dir), folder, fps=fps, progress=sys.stderr.isatty())
+        index = build_index(Run.load(run_dir), folder, fps=fps, progress=True)
         index.save(out)
     except (PolymodalError, OSError) as exc:
         _fail(exc)
@@ -682,7 +682,7 @@ def make_shapes_cmd(
         shards = make_shapes(
             out, n=n, seed=seed, kinds=tuple(kinds) if kinds else ALL_KINDS, split=split, image_size=image_size,
             video_size=video_size, max_objects=max_objects, easy_scenes=easy_scenes,
-            samples_per_shard=samples_per_shard, workers=workers, progress=sys.stderr.isatty(), overwrite=overwrite,
+            samples_per_shard=samples_per_shard, workers=workers, progress=True, overwrite=overwrite,
         )  # fmt: skip
     except (PolymodalError, FileExistsError) as exc:
         _fail(exc)
@@ -880,7 +880,7 @@ def finetune_cmd(
             from polymodal.eval.regression import check_finetune
             from polymodal.eval.suites import resolve_suite
 
-            suite = resolve_suite(check, limit=check_limit, progress=progress)
+            suite = resolve_suite(check, limit=check_limit, progress=True)
             check_finetune(out, suite, limit=check_limit, max_drop=max_drop, media_size=check_media_size,
                            say=typer.echo)  # fmt: skip
     except (PolymodalError, FileNotFoundError) as exc:

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
-from tqdm import tqdm
 
 from polymodal.content import Document, Part, load_part
 from polymodal.content.limits import media_kind_of
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.files import staging_directory, swap_directory, write_bytes_atomic, write_text_atomic
 from polymodal.model import Transformer
+from polymodal.progress import show_progress
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
 from polymodal.tokenizers.sequence import TokenSequence, pad_batch
@@ -121,8 +121,10 @@ def build_index(run: Run, folder: str | os.PathLike, *, batch_size: int = 16, fp
         except PolymodalError as exc:
             raise ConfigError(f"cannot index {path}: {exc}") from None
     vectors = []
-    for k in tqdm(range(0, len(parts), batch_size), desc="index", unit="batch", disable=not progress):
-        vectors.append(embed(run, [Document.of(p) for p in parts[k : k + batch_size]], batch_size=batch_size))
+    with show_progress(len(parts), "index", "file", enabled=progress) as bar:
+        for k in range(0, len(parts), batch_size):
+            vectors.append(embed(run, [Document.of(p) for p in parts[k : k + batch_size]], batch_size=batch_size))
+            bar.update(len(parts[k : k + batch_size]))
     pairs = zip(files, parts, strict=True)
     items = [{"path": str(p.relative_to(folder)), "modality": part_modality(part)} for p, part in pairs]
     return Index(torch.cat(vectors), items)

@@ -14,7 +14,6 @@ Commands::
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -85,7 +84,7 @@ def run_cmd(
         _fail(PolymodalError("give a run folder or --endpoint URL (with --model), not both or neither"))
     if endpoint is not None and not model:
         _fail(PolymodalError("--endpoint needs --model NAME (the name the server lists at /v1/models)"))
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a line every tenth in a log (polymodal.progress)
     started = time.perf_counter()
     try:
         folder = resolve_suite(suite, limit=limit, workers=workers, progress=progress)
@@ -148,7 +147,7 @@ def make_suite_cmd(
         _fail(PolymodalError(f"unknown built-in suite {name!r}; available: {', '.join(list_builtin_suites())}"))
     try:
         folder = write_shapes_suite(out, items_per_task=items or ITEMS_PER_TASK, seed=seed, workers=workers,
-                                    progress=sys.stderr.isatty(), overwrite=overwrite)  # fmt: skip
+                                    progress=True, overwrite=overwrite)  # fmt: skip
     except PolymodalError as exc:
         _fail(exc)
     typer.echo(f"{name} suite -> {folder}")

@@ -29,7 +29,6 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image as PILImage
-from tqdm.auto import tqdm
 
 import polymodal
 from polymodal.content import Audio, Document, Image, Part, Video
@@ -51,6 +50,7 @@ from polymodal.eval.scoring import (
 from polymodal.eval.speech_judge import SpeechJudge, load_speech_judge
 from polymodal.eval.tasks import MediaRef, Suite, Task, load_suite
 from polymodal.generation import DirectionNotSupportedError, SamplingConfig, generate, option_scores
+from polymodal.progress import show_progress
 from polymodal.run import Run
 from polymodal.tokenizers.document import part_modality
 
@@ -204,7 +204,7 @@ def ask(
     settings = GenerationSettings(max_new_tokens=task.spec.max_new_tokens)
     cache = _MediaCache(video_fps=video_fps, media_size=media_size)
     answers: list[str] = []
-    with tqdm(total=len(prompts), desc=task.name, unit="prompt", disable=not progress) as bar:
+    with show_progress(len(prompts), f"eval {task.name}", "prompt", enabled=progress) as bar:
         for start in range(0, len(prompts), chunk):
             asked = prompts[start : start + chunk]
             documents = [p.document(cache) for p in asked]
@@ -338,7 +338,7 @@ def _generate_all(responder: Responder, method: str, task: Task, chunk: int, pro
     if generate_media is None:
         raise DirectionNotSupportedError(f"this responder cannot {method}")
     cache, out = _MediaCache(), []
-    with tqdm(total=len(task.items), desc=task.name, unit="item", disable=not progress) as bar:
+    with show_progress(len(task.items), f"eval {task.name}", "item", enabled=progress) as bar:
         for start in range(0, len(task.items), chunk):
             items = task.items[start : start + chunk]
             prompts = []

@@ -42,8 +42,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from polymodal.data.shapes import GENERATOR_VERSION, Scene, make_sample, sample_rng
 from polymodal.data.shapes.language import caption, listing_sentence, position_phrase, sentence
 from polymodal.data.shapes.questions import image_question
@@ -66,6 +64,7 @@ from polymodal.eval.tasks import (
     write_task_files,
 )
 from polymodal.files import staging_directory, swap_directory, write_text_atomic
+from polymodal.progress import show_progress
 
 ITEMS_PER_TASK = items_for_margin(0.05)
 SPLIT = "test"
@@ -304,8 +303,7 @@ def write_shapes_suite(
     try:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
         try:
-            with tqdm(total=items_per_task * len(SHAPES_TASKS), unit="item", desc="shapes suite",
-                      disable=not progress) as bar:  # fmt: skip
+            with show_progress(items_per_task * len(SHAPES_TASKS), "shapes suite", "item", enabled=progress) as bar:
                 for name, task in SHAPES_TASKS.items():
                     _write_items(staging / name, task, _collect(name, items_per_task, seed, pool, workers, bar))
         finally:

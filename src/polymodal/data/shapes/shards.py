@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from tqdm.auto import tqdm
 
 from polymodal.content import Audio, Document, Image, MediaLimits, Message, Part, Text, Video
 from polymodal.data.shapes import samples as _samples
@@ -45,6 +44,7 @@ from polymodal.data.shapes.speech import backend_versions
 from polymodal.data.shapes.video import encode_mp4
 from polymodal.errors import ConfigError, CorruptMediaError
 from polymodal.files import write_text_atomic
+from polymodal.progress import show_progress
 
 SHARD_PATTERN = "shapes-{:06d}.tar"
 MANIFEST = "manifest.json"
@@ -82,7 +82,7 @@ def make_shapes(
     started = time.perf_counter()
     batches = [(start, min(start + _BATCH, n), plan) for start in range(0, n, _BATCH)]
     writer = _ShardWriter(out_dir, n, samples_per_shard)
-    with tqdm(total=n, unit="sample", desc="shapes", disable=not progress) as bar:
+    with show_progress(n, "shapes", "sample", enabled=progress) as bar:
         try:
             if workers == 1:
                 results: Iterable[list] = map(_make_batch, batches)
