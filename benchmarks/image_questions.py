@@ -13,7 +13,9 @@ image codes' embeddings start, so that a change is measured before a whole quick
         --json benchmarks/results/image_questions_colour_cpu.json
 
 A variant is ``NAME:key=value,key=value``: ``media_embeddings`` (appearance, codes, random) or any
-:class:`~polymodal.model.ModelConfig` field (numbers are read as numbers).
+:class:`~polymodal.model.ModelConfig` field (numbers are read as numbers). ``--turns K`` asks up to K
+different questions about each training picture in one chat (held-out chats keep one). Each run's result
+also holds its final accuracy ``by_group``: by the number of objects in the picture and by ability.
 """
 
 from __future__ import annotations
@@ -45,21 +47,32 @@ from polymodal.train.losses import next_token_losses
 from polymodal.train.stages import StageConfig
 
 
-def chats(codec: DocumentTokenizer, n: int, ability: str, size: int, seed: int, split: int):
-    """``n`` (token sequence with the answer's tokens trained, question) pairs; ``split`` seeds apart."""
+def chats(codec: DocumentTokenizer, n: int, ability: str, size: int, seed: int, split: int, turns: int = 1):
+    """``n`` (token sequence with the answers' tokens trained, picture, first question, objects); ``split``
+    seeds apart. With ``turns`` > 1 a chat asks up to that many different questions about its picture."""
     rng = np.random.default_rng([seed, split])
     out = []
     while len(out) < n:
         scene = random_scene(rng, max_objects=2)
-        try:
-            question = image_question(scene, rng, ability=None if ability == "any" else f"perception/{ability}")
-        except ValueError as exc:  # this scene cannot answer that question unambiguously: draw another
-            if "no image question" in str(exc):
-                raise SystemExit(str(exc)) from None
+        asked: dict[str, object] = {}
+        for _ in range(3 * turns):  # a few draws per turn: the same question drawn twice counts once
+            try:
+                question = image_question(scene, rng, ability=None if ability == "any" else f"perception/{ability}")
+            except ValueError as exc:  # this scene cannot answer that question unambiguously: draw another
+                if "no image question" in str(exc):
+                    raise SystemExit(str(exc)) from None
+                break
+            asked.setdefault(question.text, question)
+            if len(asked) == turns:
+                break
+        if not asked:
             continue
         picture = render_scene(scene, size=size)
-        seq = codec.encode(Document.chat(("user", [picture, question.text]), ("assistant", question.answer)))
-        out.append((seq, picture, question))
+        questions = list(asked.values())
+        messages = [("user", [picture, questions[0].text]), ("assistant", questions[0].answer)]
+        for q in questions[1:]:
+            messages += [("user", q.text), ("assistant", q.answer)]
+        out.append((codec.encode(Document.chat(*messages)), picture, questions[0], len(scene.objects)))
     return out
 
 
@@ -75,17 +88,22 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, changes
 
 
-def accuracy(run: Run, test: list, batch_size: int = 16) -> float:
+def accuracy(run: Run, test: list, batch_size: int = 16) -> tuple[float, dict[str, float]]:
+    """The share of ``test`` answered right, and the same by number of objects and by ability."""
     run.model.eval()
-    right = 0
+    right = []
     with torch.no_grad():
         for k in range(0, len(test), batch_size):
             chunk = test[k : k + batch_size]
-            prompts = [Document.chat(("user", [picture, q.text])) for _, picture, q in chunk]
-            scores = option_scores(run, prompts, [q.options for *_, q in chunk])
-            right += sum(int(s.argmax()) == q.answer_index for s, (*_, q) in zip(scores, chunk, strict=True))
+            prompts = [Document.chat(("user", [picture, q.text])) for _, picture, q, _ in chunk]
+            scores = option_scores(run, prompts, [q.options for _, _, q, _ in chunk])
+            right += [int(s.argmax()) == q.answer_index for s, (_, _, q, _) in zip(scores, chunk, strict=True)]
     run.model.train()
-    return right / len(test)
+    groups: dict[str, list[bool]] = {}
+    for ok, (_, _, q, objects) in zip(right, test, strict=True):
+        for key in (f"{objects} object{'s' if objects > 1 else ''}", q.ability.removeprefix("perception/")):
+            groups.setdefault(key, []).append(ok)
+    return sum(right) / len(right), {k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}
 
 
 def train_one(codec: DocumentTokenizer, train: list, test: list, changes: dict, args, seed: int) -> dict:  # noqa: ANN001
@@ -111,10 +129,13 @@ def train_one(codec: DocumentTokenizer, train: list, test: list, changes: dict, 
         optimizer.step()
         scheduler.step()
         if (step + 1) % max(1, args.steps // 4) == 0:
-            curve.append({"step": step + 1, "loss": round(loss.item(), 4), "accuracy": accuracy(run, test)})
+            overall, groups = accuracy(run, test)
+            curve.append({"step": step + 1, "loss": round(loss.item(), 4), "accuracy": overall})
             print(f"  step {step + 1}: loss {loss.item():.3f}, held-out {curve[-1]['accuracy']:.1%} "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
-    return {"accuracy": curve[-1]["accuracy"], "curve": curve, "seconds": round(time.perf_counter() - start, 1)}
+    print("  by group: " + ", ".join(f"{k} {v:.0%}" for k, v in groups.items()), file=sys.stderr, flush=True)
+    return {"accuracy": curve[-1]["accuracy"], "by_group": groups, "curve": curve,
+            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -126,6 +147,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=4000, help="training chats (drawn from with replacement)")
     parser.add_argument("--test", type=int, default=300, help="held-out chats")
     parser.add_argument("--size", type=int, default=32, help="pictures' side in pixels")
+    parser.add_argument("--turns", type=int, default=1, help="questions per training chat, all about its picture")
     parser.add_argument("--seeds", default="0", help="comma-separated: each seed draws its own data and model")
     parser.add_argument("--variants", nargs="+", default=["as built:"], help="NAME:key=value,... (see above)")
     parser.add_argument("--threads", type=int, default=None)
@@ -138,7 +160,7 @@ def main() -> None:
     variants = dict(parse_variant(v) for v in args.variants)
     results = {name: {} for name in variants}
     for seed in seeds:
-        train = chats(codec, args.train, args.ability, args.size, seed, 0)
+        train = chats(codec, args.train, args.ability, args.size, seed, 0, args.turns)
         test = chats(codec, args.test, args.ability, args.size, seed, 1)
         for name, changes in variants.items():
             print(f"{name} ({changes}), seed {seed}", file=sys.stderr, flush=True)
