@@ -261,9 +261,10 @@ def _decode_video(
                 container, vstream, astream, fps, (limit, limit_name), limits, label, source
             )
         declared = _declared_seconds(vstream, astream, duration)
+        # PyAV 18 refuses to read a stream's attributes once its container is closed
+        period = 1.0 / float(vstream.average_rate) if vstream.average_rate else 0.0
     if not frames:
         raise EmptyMediaError("no video frame could be decoded", source=label)
-    period = 1.0 / float(vstream.average_rate) if vstream.average_rate else 0.0
     ended = max(last_time + period, audio.duration if audio else 0.0)
     # Matroska and fragmented MP4 decode up to wherever a cut file stops, without an error.
     if declared is not None and declared - ended > max(0.5, 0.05 * declared):
