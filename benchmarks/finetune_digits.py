@@ -12,7 +12,8 @@ likeliest caption is the answer (chance 25%, as lm-evaluation-harness scores mul
 ``--learn all`` trains the pictures' codes too (the default trains the captions alone); ``--batch-size``,
 ``--lora-rank`` and ``--freeze`` are the command's options of those names. Each seed's row also holds
 ``codes_probe``: a logistic regression on the same training pictures' codes, scored on the same test
-digits (ten classes, chance 10%): what a reader of the codes alone reaches, the ceiling to compare with.
+digits (ten classes, chance 10%): what a reader of the codes alone reaches, the ceiling to compare with;
+``codes_bag_probe`` is the same reader given only how often each code occurs (which codes, not where).
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ def captions_folder(folder: Path, pictures: int, size: int, seed: int) -> None:
     (folder / "captions.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
-def codes_probe_accuracy(run: Run, pictures: int, size: int, seed: int) -> float:
+def codes_probe_accuracy(run: Run, pictures: int, size: int, seed: int, *, cells: bool = True) -> float:
     """What a reader of the pictures' codes alone reaches: logistic regression on the image tokenizer's
-    codes (one one-hot vector per cell) of the same training pictures, scored on the same test split."""
+    codes (one one-hot vector per cell) of the same training pictures, scored on the same test split.
+    With ``cells=False`` the reader gets each picture's code counts alone (which codes, not where)."""
     from sklearn.linear_model import LogisticRegression
 
     labels = load_digits()[1]
@@ -68,7 +70,7 @@ def codes_probe_accuracy(run: Run, pictures: int, size: int, seed: int) -> float
             codes = tokenizer.encode(render_digit(int(index), size=size)).ids.numpy()
             row = np.zeros((len(codes), tokenizer.vocab_size), dtype=np.float32)
             row[np.arange(len(codes)), codes] = 1.0
-            rows.append(row.reshape(-1))
+            rows.append(row.reshape(-1) if cells else row.sum(0))
         return np.stack(rows)
 
     probe = LogisticRegression(max_iter=2000).fit(one_hot(train), labels[train])
@@ -128,6 +130,7 @@ def main() -> None:
                              say=lambda line: print(line, file=sys.stderr))  # fmt: skip
             seconds = time.perf_counter() - start
             row = {"seed": seed, "codes_probe": codes_probe_accuracy(base, args.pictures, args.size, seed),
+                   "codes_bag_probe": codes_probe_accuracy(base, args.pictures, args.size, seed, cells=False),
                    "base": held_out_accuracy(base, args.size, seed),
                    "tuned": held_out_accuracy(tuned, args.size, seed),
                    "finetune_seconds": round(seconds, 1)}  # fmt: skip
@@ -155,6 +158,7 @@ def main() -> None:
             "base": statistics.mean(r["base"] for r in rows),
             "tuned": statistics.mean(tuned),
             "codes_probe": statistics.mean(r["codes_probe"] for r in rows),
+            "codes_bag_probe": statistics.mean(r["codes_bag_probe"] for r in rows),
         },  # fmt: skip
         "range": {"tuned": [min(tuned), max(tuned)]},
         "machine": {

@@ -178,6 +178,44 @@ def test_embed_scale_multiplies_the_input_embeddings_not_the_tied_head():
         preset("debug", VOCAB, embed_scale=0.0)
 
 
+def test_grid_embeddings_add_a_row_and_a_column_vector_to_image_codes_only():
+    from polymodal.positions import image_positions, next_index, text_positions
+
+    torch.manual_seed(0)
+    plain = Transformer(preset("debug", VOCAB))
+    gridded = Transformer(preset("debug", VOCAB, grid_embeddings=4))
+    assert not any(name.startswith("grid.") for name, _ in plain.named_parameters())
+    assert set(gridded.state_dict()) - set(plain.state_dict()) == {"grid.rows", "grid.cols"}
+    gridded.load_state_dict(plain.state_dict(), strict=False)
+    # Two text tokens, a 3x5 grid (wider than the table: columns 4+ share the last vector), two text tokens.
+    grid = image_positions(2, 3, 5)
+    after = next_index(2, grid)
+    pos = torch.cat([text_positions(0, 2), grid, text_positions(after, 2)]).unsqueeze(0)
+    ids = torch.randint(0, VOCAB, (1, pos.shape[1]))
+    added = gridded.embed_inputs(ids, pos) - plain.embed_inputs(ids, pos)
+    rows, cols = gridded.grid.rows.detach(), gridded.grid.cols.detach()
+    assert rows[0].abs().sum() == 0 and cols[0].abs().sum() == 0 and rows[1].abs().sum() > 0
+    expected = torch.zeros_like(added)
+    for k in range(15):
+        r, c = divmod(k, 5)
+        expected[0, 2 + k] = rows[r] + cols[min(c, 3)]
+    assert torch.allclose(added, expected)
+    assert added[0, :3].abs().sum() == 0 and added[0, -2:].abs().sum() == 0  # text and the first code
+    # Row and column 0 stay zero under training (no gradient reaches them); the others learn.
+    gridded(ids, pos).logsumexp(-1).mean().backward()
+    assert gridded.grid.rows.grad[0].abs().sum() == 0 and gridded.grid.rows.grad[1].abs().sum() > 0
+    # Decoding one token at a time through the cache gives the full forward's logits.
+    gridded.eval()
+    with torch.no_grad():
+        full = gridded(ids, pos)
+        cache = gridded.new_cache(1, 32)
+        gridded(ids[:, :10], pos[:, :10], cache=cache)
+        steps = [gridded(ids[:, i : i + 1], pos[:, i : i + 1], cache=cache)[:, -1] for i in range(10, ids.shape[1])]
+    assert torch.allclose(torch.stack(steps, 1), full[:, 10:], atol=1e-4)
+    with pytest.raises(ConfigError, match="grid_embeddings"):
+        preset("debug", VOCAB, grid_embeddings=-1)
+
+
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
 def test_larger_presets_forward_backward(name):
     # 1b (4 GB of fp32 weights, 8 with gradients) is left to GPU runs; its shape is checked above.

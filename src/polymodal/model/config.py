@@ -32,6 +32,11 @@ class ModelConfig:
     # N(0, 0.02) init an embedding is ~0.3 long while the first block adds vectors hundreds long: a
     # larger scale keeps what a token's embedding says readable after that block.
     embed_scale: float = 1.0
+    # Learned row and column vectors added to the input embedding of every image code (ViT's absolute
+    # 2-D positions), for grids of up to this many rows and columns; 0: none. Rotary positions tell
+    # attention where a code is; these put it into the code's own vector, so a head that pools a
+    # picture's codes still knows which cell each one came from.
+    grid_embeddings: int = 0
     modality_experts: bool = False  # one feed-forward per modality, chosen by each token's modality
     num_modalities: int = 4  # size of the modality index (0 = special, then the vocabulary's ranges)
     max_seq_len: int = 2048  # the KV cache's default capacity
@@ -52,6 +57,8 @@ class ModelConfig:
             raise ConfigError(f"model: head_dim {self.head_dim} must be even for rotary embeddings")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ConfigError(f"model: sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if self.grid_embeddings < 0:
+            raise ConfigError(f"model: grid_embeddings must be >= 0 (0: none), got {self.grid_embeddings}")
         if not self.embed_scale > 0:
             raise ConfigError(f"model: embed_scale must be > 0, got {self.embed_scale}")
         if self.full_attention_every < 0:

@@ -260,7 +260,7 @@ class LateFusion(nn.Module):
                 cache.media_features, cache.media_valid = features, media.valid
         cos, sin = backbone.rotary(positions_BL3)
         masks = backbone.attention_masks(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
-        x = backbone.embed(ids_BL)
+        x = backbone.embed_inputs(ids_BL, positions_BL3)
         for index, layer in enumerate(backbone.layers):
             if str(index) in self.cross:
                 x = self.cross[str(index)](x, features, reads)

@@ -213,6 +213,31 @@ class ScaledEmbedding(nn.Embedding):
         return x if self.scale == 1.0 else x * self.scale
 
 
+class GridEmbedding(nn.Module):
+    """Learned row and column vectors for the codes of image grids, read from their positions.
+
+    A code in row r, column c of a grid sits at ``h = t + r``, ``w = t + c`` (:mod:`polymodal.positions`);
+    text, audio and every grid's first code have ``h = w = t`` and get nothing added (row and column 0
+    are held at zero). Rows and columns past the table's size share its last vector.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.rows = nn.Parameter(torch.zeros(size, dim))
+        self.cols = nn.Parameter(torch.zeros(size, dim))
+
+    def forward(self, positions_BL3: torch.Tensor) -> torch.Tensor:
+        t, h, w = positions_BL3.unbind(-1)
+        last = self.rows.shape[0] - 1
+        rows, cols = (h - t).clamp(0, last), (w - t).clamp(0, last)
+        return F.embedding(rows, self.rows, padding_idx=0) + F.embedding(cols, self.cols, padding_idx=0)
+
+    def zero_origin(self) -> None:
+        with torch.no_grad():
+            self.rows[0].zero_()
+            self.cols[0].zero_()
+
+
 class FeedForward(nn.Module):
     """SwiGLU: ``w2(silu(w1 x) * w3 x)``."""
 
@@ -272,6 +297,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed = ScaledEmbedding(config.vocab_size, config.dim, config.embed_scale)
+        self.grid = GridEmbedding(config.grid_embeddings, config.dim) if config.grid_embeddings else None
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -287,11 +313,18 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.config.n_layers))
             else:
                 nn.init.normal_(p, std=0.02)
+        if self.grid is not None:
+            self.grid.zero_origin()
 
     def new_cache(self, batch_size: int, max_len: int | None = None, *, device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32) -> KVCache:  # fmt: skip
         """An empty KV cache for decoding ``batch_size`` rows of up to ``max_len`` tokens."""
         return KVCache(self.config, batch_size, max_len, device=device, dtype=dtype)
+
+    def embed_inputs(self, ids_BL: torch.Tensor, positions_BL3: torch.Tensor) -> torch.Tensor:
+        """The input vectors ``[B, L, D]``: each token's embedding, plus its grid cell's with ``grid_embeddings``."""
+        x = self.embed(ids_BL)
+        return x if self.grid is None else x + self.grid(positions_BL3)
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())
@@ -334,7 +367,7 @@ class Transformer(nn.Module):
         B, L = ids_BL.shape
         cos, sin = self.rotary(positions_BL3)
         masks = self.attention_masks(B, L, attention_mask_BL, cache, ids_BL.device, document_ids_BL)
-        x = self.embed(ids_BL)
+        x = self.embed_inputs(ids_BL, positions_BL3)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, masks[index], cache, index, modality_BL)
         if cache is not None:
@@ -356,7 +389,7 @@ class Transformer(nn.Module):
         local = mask
         if self.config.sliding_window is not None:  # the cache keeps every slot; the window hides the old ones
             local = mask & (torch.arange(mask.shape[-1], device=mask.device) > slot - self.config.sliding_window)
-        x = self.embed(ids_B1)
+        x = self.embed_inputs(ids_B1, positions_B13)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, local if self.config.is_local(index) else mask, cache, index, modality_B1, slot)
         return self.logits(x)[:, -1]
