@@ -53,10 +53,10 @@ def captions_folder(folder: Path, pictures: int, size: int, seed: int) -> None:
     (folder / "captions.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
-def codes_probe_accuracy(run: Run, pictures: int, size: int, seed: int, *, cells: bool = True) -> float:
+def codes_probes(run: Run, pictures: int, size: int, seed: int) -> dict[str, float]:
     """What a reader of the pictures' codes alone reaches: logistic regression on the image tokenizer's
-    codes (one one-hot vector per cell) of the same training pictures, scored on the same test split.
-    With ``cells=False`` the reader gets each picture's code counts alone (which codes, not where)."""
+    codes of the same training pictures, scored on the same test split. ``codes_probe`` reads one one-hot
+    vector per cell; ``codes_bag_probe`` their sum, each code's count (which codes, not where)."""
     from sklearn.linear_model import LogisticRegression
 
     labels = load_digits()[1]
@@ -64,17 +64,21 @@ def codes_probe_accuracy(run: Run, pictures: int, size: int, seed: int, *, cells
     test = split_indices("test")
     tokenizer = run.tokenizer.tokenizer("image")
 
-    def one_hot(indices) -> np.ndarray:  # noqa: ANN001
+    def one_hot(indices) -> np.ndarray:  # noqa: ANN001  [pictures, cells, codes]
         rows = []
         for index in indices:
             codes = tokenizer.encode(render_digit(int(index), size=size)).ids.numpy()
             row = np.zeros((len(codes), tokenizer.vocab_size), dtype=np.float32)
             row[np.arange(len(codes)), codes] = 1.0
-            rows.append(row.reshape(-1) if cells else row.sum(0))
+            rows.append(row)
         return np.stack(rows)
 
-    probe = LogisticRegression(max_iter=2000).fit(one_hot(train), labels[train])
-    return float(probe.score(one_hot(test), labels[test]))  # ten digits: chance 10%, not 25%
+    seen, unseen = one_hot(train), one_hot(test)
+    scores = {}
+    for name, features in (("codes_probe", lambda x: x.reshape(len(x), -1)), ("codes_bag_probe", lambda x: x.sum(1))):
+        probe = LogisticRegression(max_iter=2000).fit(features(seen), labels[train])
+        scores[name] = float(probe.score(features(unseen), labels[test]))  # ten digits: chance 10%, not 25%
+    return scores
 
 
 def held_out_accuracy(run: Run, size: int, seed: int, batch_size: int = 8) -> float:
@@ -129,8 +133,7 @@ def main() -> None:
             tuned = finetune(args.base, [Path(tmp) / "digits"], Path(tmp) / "out", config, progress=False,
                              say=lambda line: print(line, file=sys.stderr))  # fmt: skip
             seconds = time.perf_counter() - start
-            row = {"seed": seed, "codes_probe": codes_probe_accuracy(base, args.pictures, args.size, seed),
-                   "codes_bag_probe": codes_probe_accuracy(base, args.pictures, args.size, seed, cells=False),
+            row = {"seed": seed, **codes_probes(base, args.pictures, args.size, seed),
                    "base": held_out_accuracy(base, args.size, seed),
                    "tuned": held_out_accuracy(tuned, args.size, seed),
                    "finetune_seconds": round(seconds, 1)}  # fmt: skip
