@@ -9,7 +9,7 @@ Commands::
     polymodal eval run --endpoint URL --model NAME --suite shapes [--api-key KEY] [--out DIR]
     polymodal eval tasks
     polymodal eval make-suite shapes --out DIR [--items N]
-    polymodal eval perception RUN_DIR [--examples N] [--probe linear|mlp] [--json FILE]
+    polymodal eval perception RUN_DIR [--examples N] [--probe linear|mlp|conv] [--json FILE]
 """
 
 from __future__ import annotations
@@ -167,7 +167,13 @@ def perception_cmd(
     examples: Annotated[int, typer.Option(help="Training pictures per attribute.", min=20)] = 1000,
     held_out: Annotated[int, typer.Option(help="Scored pictures per attribute.", min=20)] = 500,
     size: Annotated[int, typer.Option(help="The pictures' side in pixels.", min=8)] = 32,
-    probe: Annotated[str, typer.Option(help="linear (ridge regression) or mlp (one hidden layer).")] = "linear",
+    probe: Annotated[
+        str,
+        typer.Option(
+            help="linear (ridge regression), mlp (one hidden layer) or conv (a small convolutional reader over "
+            "the code grid, which reads a shape wherever it is; give it --examples 4000)."
+        ),
+    ] = "linear",
     seed: Annotated[int, typer.Option(help="Seed of the pictures and the probes.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the table and settings here.")] = None,
 ) -> None:

@@ -24,7 +24,11 @@ picture (shapes-world questions), against the codes' share of the context (what 
 every earlier token would give). A block at or below that even share does not look at the picture.
 
 With ``probe="mlp"`` a one-hidden-layer perceptron reads instead: what it reads and a linear probe
-does not is there, but only in a form a model would have to learn to decode first.
+does not is there, but only in a form a model would have to learn to decode first. With
+``probe="conv"`` a small convolutional reader does, on every reader laid out as the code grid (a
+picture's pixels cell by cell, each code's vector in its cell): it combines neighbouring cells and
+does not care where in the picture something is, which a shape needs (a linear reader of the pixels
+themselves finds a lone shape barely above chance, because the same shape elsewhere is other pixels).
 
 Pictures are drawn from known ground truth, as the text-to-image probes draw theirs
 (:func:`polymodal.eval.attributes.draw_scene`). This module knows nothing of tasks, suites or reports.
@@ -32,7 +36,9 @@ Pictures are drawn from known ground truth, as the text-to-image probes draw the
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +58,7 @@ from polymodal.tokenizers.base import Grid, TokenSpan
 from polymodal.tokenizers.document import DocumentTokenizer
 from polymodal.tokenizers.image import ImageTokenizer, to_image, to_tensor
 
-PROBES = ("linear", "mlp")
+PROBES = ("linear", "mlp", "conv")
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,9 @@ class PerceptionSettings:
     size: int = 32  # the pictures' side in pixels (the tokenizer picks its grid for that size)
     seed: int = 0
     attributes: tuple[str, ...] = tuple(ATTRIBUTES)
-    probe: str = "linear"  # or "mlp": one hidden layer of 256, to tell "not there" from "not linearly there"
+    # or "mlp": one hidden layer of 256, to tell "not there" from "not linearly there"; or "conv": a small
+    # convolutional reader over the code grid, which can read a shape wherever it is
+    probe: str = "linear"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.attributes) - set(ATTRIBUTES))
@@ -159,7 +167,12 @@ def probe_perception(
             if reader == "embeddings" or reader.startswith("block "):
                 cells = features.reshape(len(features), grid[0] * grid[1], -1)
                 norms.setdefault(reader, float(np.linalg.norm(cells, axis=-1).mean()))
-            score = probe_accuracy(features, labels, settings.examples, settings.probe, settings.seed)
+            if settings.probe == "conv":
+                score = conv_probe_accuracy(
+                    _as_grid(reader, features, grid), labels, settings.examples, settings.seed, grid
+                )
+            else:
+                score = probe_accuracy(features, labels, settings.examples, settings.probe, settings.seed)
             accuracy.setdefault(reader, {})[attribute] = score
             if say is not None:
                 say(f"{attribute:>8} from {reader:<13} {score:6.1%}")
@@ -324,6 +337,84 @@ def _decode_all(image_tokenizer, spans: Sequence[TokenSpan]) -> list[Image]:  # 
 def _pixels(images: Sequence[Image], size: int) -> np.ndarray:
     return np.stack([np.asarray(image.pixels.convert("RGB").resize((size, size), PILImage.BOX), np.float32).ravel()
                      / 255.0 for image in images])  # fmt: skip
+
+
+def _as_grid(reader: str, features: np.ndarray | sparse.csr_matrix, grid: tuple[int, int]) -> np.ndarray:
+    """A reader's features as the ``conv`` probe reads them: a picture's pixels as an image ``[N, 3, S, S]``,
+    one-hot codes as their code numbers on the grid ``[N, h, w]`` (integers), the rest (``[N, cells · F]``
+    vectors, cell-major) on the grid, ``[N, h, w, F]``."""
+    h, w = grid
+    n = features.shape[0]
+    if sparse.issparse(features):  # one one-hot code per cell: the column says which
+        return (features.tocsr().indices.reshape(n, h * w) % (features.shape[1] // (h * w))).reshape(n, h, w)
+    if reader in ("pixels", "decoded"):
+        side = int(round((features.shape[1] / 3) ** 0.5))
+        return np.ascontiguousarray(features.reshape(n, side, side, 3).transpose(0, 3, 1, 2))
+    return features.reshape(n, h, w, -1)
+
+
+class ConvReader(torch.nn.Module):
+    """The ``conv`` probe: a picture brought down to the code grid by strided convolutions (``pixels``: the
+    stride, a power of two), or each cell's vector (or code number, through an embedding) projected to 64
+    channels; a learned vector per cell added (so that where something is can be read too); two 3×3
+    convolutions across the grid; the maximum and the mean over the cells; a linear layer."""
+
+    def __init__(self, features: int, classes: int, *, kind: str, grid: tuple[int, int], stride: int = 1,
+                 width: int = 64) -> None:  # fmt: skip
+        super().__init__()
+        nn = torch.nn
+        if kind == "pixels":
+            steps = max(1, int(math.log2(stride)))
+            channels = [features, *[min(width, 16 * 2**i) for i in range(1, steps)], width]
+            layers = [m for a, b in itertools.pairwise(channels) for m in (nn.Conv2d(a, b, 4, 2, 1), nn.SiLU())]
+            self.cell = nn.Sequential(*layers[:-1])
+        else:
+            self.cell = nn.Embedding(features, width) if kind == "codes" else nn.Linear(features, width)
+        self.kind = kind
+        self.where = nn.Parameter(torch.zeros(1, width, *grid))
+        self.mix = nn.Sequential(nn.SiLU(), nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(width, width, 3, padding=1), nn.SiLU())  # fmt: skip
+        self.out = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cells = self.cell(x) if self.kind == "pixels" else self.cell(x).permute(0, 3, 1, 2)  # [N, width, h, w]
+        mixed = self.mix(cells + self.where)
+        return self.out(torch.cat([mixed.amax(dim=(2, 3)), mixed.mean(dim=(2, 3))], dim=1))
+
+
+def conv_probe_accuracy(x: np.ndarray, labels: np.ndarray, n_train: int, seed: int, grid: tuple[int, int], *,
+                        epochs: int = 30) -> float:  # fmt: skip
+    """Held-out accuracy of a :class:`ConvReader` fit on the first ``n_train`` pictures; ``x`` as
+    :func:`_as_grid` gives it (float features standardised per channel on the training pictures)."""
+    generator = torch.Generator().manual_seed(seed)
+    kind = "codes" if x.ndim == 3 else "pixels" if x.shape[1] == 3 and x.shape[2] != grid[0] else "cells"
+    if kind == "codes":
+        data = torch.from_numpy(x.astype(np.int64))
+        features = int(data.max()) + 1
+    else:
+        data = torch.from_numpy(x.astype(np.float32))
+        channel = 1 if kind == "pixels" else -1
+        train = data[:n_train].movedim(channel, -1).reshape(-1, data.shape[channel])
+        shape = [1] * data.ndim
+        shape[channel] = -1
+        data = (data - train.mean(0).view(shape)) / train.std(0).clamp_min(1e-6).view(shape)
+        features = data.shape[channel]
+    stride = data.shape[-1] // grid[1] if kind == "pixels" else 1
+    y = torch.from_numpy(labels.astype(np.int64))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reader = ConvReader(features, int(labels.max()) + 1, kind=kind, grid=grid, stride=stride)
+    optimizer = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=1e-2)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for batch in torch.randperm(n_train, generator=generator).split(64):
+                loss = torch.nn.functional.cross_entropy(reader(data[batch]), y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    with torch.no_grad():
+        predicted = torch.cat([reader(chunk).argmax(-1) for chunk in data[n_train:].split(256)])
+    return float((predicted == y[n_train:]).float().mean())
 
 
 def probe_accuracy(features: np.ndarray | sparse.csr_matrix, labels: np.ndarray, n_train: int, kind: str,
