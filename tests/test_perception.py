@@ -172,5 +172,15 @@ def test_the_command_probes_a_vocabulary_and_writes_json(tmp_path):
     saved = json.loads(out.read_text())
     assert list(saved["accuracy"]) == ["pixels", "decoded", "codes", "code_latents", "code_appearance"]
     assert set(saved["accuracy"]["codes"]) == set(ATTRIBUTES) and "| code_latents |" in result.output
+    one = runner.invoke(app, ["eval", "perception", "--examples", "40", "--held-out", "20", "--attribute", "shape",
+                              "--probe", "conv", "--json", str(out)])  # fmt: skip
+    assert one.exit_code == 0, one.output
+    assert (
+        json.loads(out.read_text())["settings"] | {"attributes": ["shape"], "probe": "conv"}
+        == json.loads(out.read_text())["settings"]
+    )
+    assert set(json.loads(out.read_text())["accuracy"]["codes"]) == {"shape"}
+    bad = runner.invoke(app, ["eval", "perception", "--attribute", "size"])
+    assert bad.exit_code != 0 and "unknown attributes ['size']" in bad.output
     both = runner.invoke(app, ["eval", "perception", str(tmp_path), "--vocab", str(default_vocabulary_dir())])
     assert both.exit_code == 2 and "not both" in both.output

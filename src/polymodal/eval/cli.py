@@ -9,7 +9,7 @@ Commands::
     polymodal eval run --endpoint URL --model NAME --suite shapes [--api-key KEY] [--out DIR]
     polymodal eval tasks
     polymodal eval make-suite shapes --out DIR [--items N]
-    polymodal eval perception RUN_DIR [--examples N] [--probe linear|mlp|conv] [--json FILE]
+    polymodal eval perception RUN_DIR [--examples N] [--probe linear|mlp|conv] [--attribute shape] [--json FILE]
 """
 
 from __future__ import annotations
@@ -174,6 +174,10 @@ def perception_cmd(
             "the code grid, which reads a shape wherever it is; give it --examples 4000)."
         ),
     ] = "linear",
+    attribute: Annotated[
+        list[str] | None,
+        typer.Option(help="Probe only this attribute: colour, shape, position or count (repeatable; default all)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the pictures and the probes.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the table and settings here.")] = None,
 ) -> None:
@@ -189,7 +193,9 @@ def perception_cmd(
     if run_dir is not None and vocab is not None:
         _fail(PolymodalError("give a run folder or --vocab DIR, not both (a run holds its own vocabulary)"))
     try:
-        settings = PerceptionSettings(examples=examples, held_out=held_out, size=size, seed=seed, probe=probe)
+        chosen = {"attributes": tuple(attribute)} if attribute else {}
+        settings = PerceptionSettings(examples=examples, held_out=held_out, size=size, seed=seed, probe=probe,
+                                      **chosen)  # fmt: skip
         if run_dir is not None:
             run = Run.load(run_dir)
             tokenizer, model = run.tokenizer, run.model.eval()
