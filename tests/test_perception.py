@@ -117,6 +117,14 @@ def test_the_conv_probe_reads_each_reader_laid_out_on_the_code_grid(codec):
           conv_probe_accuracy(grid_pixels, labels, 200, 0, (4, 4)) * 9, 3.0)  # fmt: skip
 
 
+def test_an_attribute_gets_the_same_pictures_whichever_others_are_probed_beside_it(codec):
+    alone = probe_perception(codec, None, PerceptionSettings(examples=20, held_out=20, attributes=("shape",)))
+    both = probe_perception(codec, None, PerceptionSettings(examples=20, held_out=20, attributes=("colour", "shape")))
+    assert {reader: scores["shape"] for reader, scores in alone.accuracy.items()} == {
+        reader: scores["shape"] for reader, scores in both.accuracy.items()
+    }
+
+
 def test_attention_probs_are_the_weights_the_fused_kernel_applies(model):
     torch.manual_seed(1)
     attention = model.layers[0].attention

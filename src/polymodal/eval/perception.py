@@ -158,8 +158,9 @@ def probe_perception(
     accuracy: dict[str, dict[str, float]] = {}
     norms: dict[str, float] = {}
     grid = (0, 0)
-    for k, attribute in enumerate(settings.attributes):
-        rng = np.random.default_rng([settings.seed, 11, k])
+    for attribute in settings.attributes:
+        # each attribute's pictures are its own, whichever others are probed beside it
+        rng = np.random.default_rng([settings.seed, 11, list(ATTRIBUTES).index(attribute)])
         images, labels = attribute_pictures(rng, attribute, settings.examples + settings.held_out, settings.size)
         spans = _encode_all(image_tokenizer, images)
         grid = (spans[0].layout.height, spans[0].layout.width)
