@@ -103,16 +103,20 @@ def test_the_conv_probe_reads_each_reader_laid_out_on_the_code_grid(codec):
     images, labels = attribute_pictures(np.random.default_rng(3), "position", 300, 32)
     spans = _encode_all(codec.tokenizer("image"), images)
     features = dict(_features(images[:4], spans[:4], codec, None, 32))
-    pixels = _as_grid("pixels", features["pixels"], (4, 4))
-    assert pixels.shape == (4, 3, 32, 32)  # an image again, channels first
+    kind, pixels = _as_grid("pixels", features["pixels"], (4, 4))
+    assert kind == "pixels" and pixels.shape == (4, 3, 32, 32)  # an image again, channels first
     assert np.allclose(pixels[1].transpose(1, 2, 0) * 255, np.asarray(images[1].pixels.convert("RGB"), np.float32))
-    codes = _as_grid("codes", features["codes"], (4, 4))
-    assert codes.dtype.kind == "i" and (codes.reshape(4, 16) == np.stack([s.ids.numpy() for s in spans[:4]])).all()
-    latents = _as_grid("code_latents", features["code_latents"], (4, 4))
+    kind, codes = _as_grid("codes", features["codes"], (4, 4))
+    assert (
+        kind == "codes"
+        and codes.dtype.kind == "i"
+        and (codes.reshape(4, 16) == np.stack([s.ids.numpy() for s in spans[:4]])).all()
+    )
+    kind, latents = _as_grid("code_latents", features["code_latents"], (4, 4))
     cell = codec.tokenizer("image").code_latents()[spans[2].ids[6]].numpy()  # row 1, column 2
-    assert latents.shape[:3] == (4, 4, 4) and np.allclose(latents[2, 1, 2], cell)
+    assert kind == "cells" and latents.shape[:3] == (4, 4, 4) and np.allclose(latents[2, 1, 2], cell)
     # where the object is, from the pixels: 85% (7.7x chance) on 200 pictures; bar 3x chance, a 52-point margin
-    grid_pixels = _as_grid("pixels", _features(images, spans, codec, None, 32).__next__()[1], (4, 4))
+    grid_pixels = _as_grid("pixels", next(_features(images, spans, codec, None, 32))[1], (4, 4))
     above("position read by the conv probe from 32 px pixels / chance",
           conv_probe_accuracy(grid_pixels, labels, 200, 0, (4, 4)) * 9, 3.0)  # fmt: skip
 
@@ -183,11 +187,9 @@ def test_the_command_probes_a_vocabulary_and_writes_json(tmp_path):
     one = runner.invoke(app, ["eval", "perception", "--examples", "40", "--held-out", "20", "--attribute", "shape",
                               "--probe", "conv", "--json", str(out)])  # fmt: skip
     assert one.exit_code == 0, one.output
-    assert (
-        json.loads(out.read_text())["settings"] | {"attributes": ["shape"], "probe": "conv"}
-        == json.loads(out.read_text())["settings"]
-    )
-    assert set(json.loads(out.read_text())["accuracy"]["codes"]) == {"shape"}
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["attributes"] == ["shape"] and saved["settings"]["probe"] == "conv"
+    assert set(saved["accuracy"]["codes"]) == {"shape"}
     bad = runner.invoke(app, ["eval", "perception", "--attribute", "size"])
     assert bad.exit_code != 0 and "unknown attributes ['size']" in bad.output
     both = runner.invoke(app, ["eval", "perception", str(tmp_path), "--vocab", str(default_vocabulary_dir())])

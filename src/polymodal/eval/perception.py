@@ -340,18 +340,19 @@ def _pixels(images: Sequence[Image], size: int) -> np.ndarray:
                      / 255.0 for image in images])  # fmt: skip
 
 
-def _as_grid(reader: str, features: np.ndarray | sparse.csr_matrix, grid: tuple[int, int]) -> np.ndarray:
-    """A reader's features as the ``conv`` probe reads them: a picture's pixels as an image ``[N, 3, S, S]``,
-    one-hot codes as their code numbers on the grid ``[N, h, w]`` (integers), the rest (``[N, cells · F]``
-    vectors, cell-major) on the grid, ``[N, h, w, F]``."""
+def _as_grid(reader: str, features: np.ndarray | sparse.csr_matrix, grid: tuple[int, int]) -> tuple[str, np.ndarray]:
+    """A reader's features as the ``conv`` probe reads them, with their kind: ``"pixels"``, the picture as
+    an image ``[N, 3, S, S]``; ``"codes"``, one-hot codes as their code numbers on the grid ``[N, h, w]``
+    (integers); ``"cells"``, the rest (``[N, cells · F]`` vectors, cell-major) on the grid, ``[N, h, w, F]``."""
     h, w = grid
     n = features.shape[0]
     if sparse.issparse(features):  # one one-hot code per cell: the column says which
-        return (features.tocsr().indices.reshape(n, h * w) % (features.shape[1] // (h * w))).reshape(n, h, w)
+        codes = features.tocsr().indices.reshape(n, h * w) % (features.shape[1] // (h * w))
+        return "codes", codes.reshape(n, h, w)
     if reader in ("pixels", "decoded"):
         side = int(round((features.shape[1] / 3) ** 0.5))
-        return np.ascontiguousarray(features.reshape(n, side, side, 3).transpose(0, 3, 1, 2))
-    return features.reshape(n, h, w, -1)
+        return "pixels", np.ascontiguousarray(features.reshape(n, side, side, 3).transpose(0, 3, 1, 2))
+    return "cells", features.reshape(n, h, w, -1)
 
 
 class ConvReader(torch.nn.Module):
@@ -383,12 +384,12 @@ class ConvReader(torch.nn.Module):
         return self.out(torch.cat([mixed.amax(dim=(2, 3)), mixed.mean(dim=(2, 3))], dim=1))
 
 
-def conv_probe_accuracy(x: np.ndarray, labels: np.ndarray, n_train: int, seed: int, grid: tuple[int, int], *,
-                        epochs: int = 30) -> float:  # fmt: skip
-    """Held-out accuracy of a :class:`ConvReader` fit on the first ``n_train`` pictures; ``x`` as
+def conv_probe_accuracy(laid_out: tuple[str, np.ndarray], labels: np.ndarray, n_train: int, seed: int,
+                        grid: tuple[int, int], *, epochs: int = 30) -> float:  # fmt: skip
+    """Held-out accuracy of a :class:`ConvReader` fit on the first ``n_train`` pictures; ``laid_out`` as
     :func:`_as_grid` gives it (float features standardised per channel on the training pictures)."""
     generator = torch.Generator().manual_seed(seed)
-    kind = "codes" if x.ndim == 3 else "pixels" if x.shape[1] == 3 and x.shape[2] != grid[0] else "cells"
+    kind, x = laid_out
     if kind == "codes":
         data = torch.from_numpy(x.astype(np.int64))
         features = int(data.max()) + 1
